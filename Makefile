@@ -1,0 +1,34 @@
+# Two entry points for a fresh machine: `make demo` and `make test`.
+# A project-local .venv is created unless a virtual environment is already active.
+SHELL := /bin/bash
+VENV := $(if $(VIRTUAL_ENV),$(VIRTUAL_ENV),.venv)
+PYTHON := $(VENV)/bin/python
+SDRT := $(VENV)/bin/sdrt
+STAMP := $(VENV)/.sd-struct-rt-installed
+# torch first and pinned: an unpinned torch drags several GB of CUDA wheels.
+TORCH := torch==2.13.0
+EXTRAS := cpu,spacy,stanza,test
+DEMO_PROMPT := a red car and a white sheep
+
+.PHONY: install demo test bench clean
+
+$(PYTHON):
+	python3 -m venv $(VENV)
+
+$(STAMP): pyproject.toml Makefile | $(PYTHON)
+	$(PYTHON) -m pip install --quiet --upgrade pip
+	$(PYTHON) -m pip install --quiet $(TORCH)
+	$(PYTHON) -m pip install --quiet -e ".[$(EXTRAS)]"
+	touch $@
+
+install: $(STAMP)
+
+demo: install
+	@mkdir -p out
+	time $(SDRT) generate "$(DEMO_PROMPT)" --seed 7 --out out/demo.png
+
+test: install
+	$(PYTHON) -m pytest -q
+
+clean:
+	rm -rf out build *.egg-info .pytest_cache

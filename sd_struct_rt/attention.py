@@ -1,0 +1,111 @@
+"""Structured cross-attention (SPEC section 4) as a diffusers attention processor.
+
+One processor serves every attention module of the UNet: self-attention (``attn1``) runs the
+standard attention untouched; cross-attention (``attn2``) takes its keys and values from the
+level inputs that ``StructuredUNet`` prepares once per call and passes as
+``cross_attention_kwargs``:
+
+* ``values`` mode: ``value_context`` is the masked mean of the value levels. Because ``to_v``
+  has no bias, ``W_v mean(V_l) == mean(W_v V_l)``, so each layer is one standard attention.
+* ``keys`` mode: ``key_levels`` ``[N, L, T, D]`` with normalised ``key_weights`` ``[N, L]``;
+  the levels run as one batched attention over an extra axis and are averaged after the
+  second matmul, never between softmax and matmul (TensorRT can still fuse each level).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MODES = ("values", "keys")
+
+
+def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """``[..., T, heads * d]`` -> ``[..., heads, T, d]``."""
+    *lead, tokens, width = x.shape
+    return x.reshape(*lead, tokens, heads, width // heads).transpose(-2, -3)
+
+
+def _merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """``[N, heads, T, d]`` -> ``[N, T, heads * d]``."""
+    batch, heads, tokens, head_dim = x.shape
+    return x.transpose(1, 2).reshape(batch, tokens, heads * head_dim)
+
+
+class StructuredAttnProcessor:
+    """Attention for SD 1.x ``Attention`` modules with structured cross-attention inputs."""
+
+    def __call__(
+        self,
+        attn,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+        value_context: torch.Tensor | None = None,
+        key_levels: torch.Tensor | None = None,
+        key_weights: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        heads = attn.heads
+        query = _split_heads(attn.to_q(hidden_states), heads)
+        if encoder_hidden_states is None:
+            key = _split_heads(attn.to_k(hidden_states), heads)
+            value = _split_heads(attn.to_v(hidden_states), heads)
+            out = F.scaled_dot_product_attention(query, key, value)
+        elif key_levels is not None:
+            # encoder_hidden_states is the single value context (the merged sequence m).
+            batch, levels = key_levels.shape[:2]
+            value = _split_heads(attn.to_v(encoder_hidden_states), heads)
+            keys = _split_heads(attn.to_k(key_levels.flatten(0, 1)), heads)  # [N*L, heads, T, d]
+            # Levels ride on the batch axis, so each is exactly a standard 4-D attention.
+            per_level = F.scaled_dot_product_attention(
+                query.repeat_interleave(levels, dim=0), keys, value.repeat_interleave(levels, dim=0))
+            per_level = per_level.unflatten(0, (batch, levels))
+            out = torch.einsum("nl,nlhsd->nhsd", key_weights, per_level)
+        else:
+            key = _split_heads(attn.to_k(encoder_hidden_states), heads)
+            values_from = encoder_hidden_states if value_context is None else value_context
+            value = _split_heads(attn.to_v(values_from), heads)
+            out = F.scaled_dot_product_attention(query, key, value)
+        return attn.to_out[1](attn.to_out[0](_merge_heads(out)))
+
+
+def _check_sd1_attention(attn) -> None:
+    # The processor implements only what SD 1.x attention modules use; anything else would be
+    # silently wrong, so refuse it.
+    unsupported = [name for name in ("spatial_norm", "group_norm", "norm_q", "norm_k")
+                   if getattr(attn, name, None) is not None]
+    if unsupported or attn.residual_connection or attn.rescale_output_factor != 1.0 or attn.norm_cross:
+        raise ValueError(f"attention module with {unsupported or 'extra options'} is not SD 1.x")
+
+
+class StructuredUNet(nn.Module):
+    """A diffusers UNet whose cross-attention takes stacked levels and a level mask (SPEC 5).
+
+    ``forward(sample, timestep, encoder_hidden_states, level_states, level_mask)``: in
+    ``values`` mode ``encoder_hidden_states`` is the key context and ``level_states`` the value
+    levels; in ``keys`` mode ``level_states`` are the key levels and ``encoder_hidden_states``
+    the value context. One level with mask 1 is plain Stable Diffusion.
+    """
+
+    def __init__(self, unet: nn.Module, mode: str = "values"):
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
+        for name, module in unet.named_modules():
+            if name.endswith(("attn1", "attn2")):
+                _check_sd1_attention(module)
+        unet.set_attn_processor(StructuredAttnProcessor())
+        self.unet = unet
+        self.mode = mode
+
+    def forward(self, sample, timestep, encoder_hidden_states, level_states, level_mask):
+        weights = level_mask / level_mask.sum(dim=1, keepdim=True)
+        if self.mode == "values":
+            # The one place the value levels are averaged: every layer then sees one context.
+            levels = {"value_context": torch.einsum("nl,nltd->ntd", weights, level_states)}
+        else:
+            levels = {"key_levels": level_states, "key_weights": weights}
+        return self.unet(sample, timestep, encoder_hidden_states,
+                         cross_attention_kwargs=levels, return_dict=False)[0]

@@ -1,0 +1,199 @@
+"""``sdrt``: the command line. Every user-facing failure is one line and a non-zero exit."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from . import __version__
+from .errors import UserError
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+MIN_SIZE, MAX_SIZE = 64, 2048
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse prints usage plus the error; we print the error and where help is."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def _positive_int(name: str, upper: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a whole number, not {text!r}") from None
+        if not 1 <= value <= upper:
+            raise argparse.ArgumentTypeError(f"{name} must be between 1 and {upper}, not {value}")
+        return value
+    return parse
+
+
+def _image_side(name: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a whole number of pixels, not {text!r}") from None
+        if value % 8:
+            raise argparse.ArgumentTypeError(
+                f"{name} {value} is not a multiple of 8 (the VAE works on 8x8 blocks); "
+                f"try {value // 8 * 8 or 8} or {value // 8 * 8 + 8}")
+        if not MIN_SIZE <= value <= MAX_SIZE:
+            raise argparse.ArgumentTypeError(f"{name} must be between {MIN_SIZE} and {MAX_SIZE}, not {value}")
+        return value
+    return parse
+
+
+def _guidance(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"guidance must be a number, not {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"guidance must be 0 or more (7.5 is SD's usual), not {text}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seed must be a whole number, not {text!r}") from None
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"seed must be between 0 and 2**63-1, not {value}")
+    return value
+
+
+def _png_path(text: str) -> Path:
+    path = Path(text)
+    if path.suffix.lower() != ".png":
+        raise argparse.ArgumentTypeError(f"output {text!r} must end in .png")
+    return path
+
+
+GENERATE_EXAMPLE = """example:
+  sdrt generate "a red car and a white sheep" --seed 7 --out car-sheep.png
+  sdrt generate "a red car and a white sheep" --model /models/stable-diffusion-v1-5 --steps 50
+
+The embedded model 'tiny' has random weights: it shows that the pipeline works, not pictures.
+Same prompt, settings and seed give the same image, bit for bit, on the same backend."""
+
+
+def _add_generate(commands) -> None:
+    parser = commands.add_parser(
+        "generate", help="generate an image from a prompt",
+        description="Generate an image with Stable Diffusion 1.x and write it as a PNG whose text "
+                    "metadata records everything needed to reproduce it.",
+        epilog=GENERATE_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("prompt", help="what to draw")
+    parser.add_argument("--model", default="tiny",
+                        help="'tiny' (embedded, random weights), a diffusers-format SD 1.x folder, "
+                             "or a Hugging Face model id (needs network) [default: tiny]")
+    parser.add_argument("--negative-prompt", default="", help="what to steer away from [default: none]")
+    parser.add_argument("--steps", type=_positive_int("steps", 1000), default=50,
+                        help="denoising steps [default: 50]")
+    parser.add_argument("--guidance", type=_guidance, default=7.5,
+                        help="classifier-free guidance scale [default: 7.5]")
+    parser.add_argument("--seed", type=_seed, default=0, help="seed of the initial noise [default: 0]")
+    parser.add_argument("--width", type=_image_side("width"),
+                        help="image width in pixels, a multiple of 8 [default: the model's, 256 for tiny]")
+    parser.add_argument("--height", type=_image_side("height"),
+                        help="image height in pixels, a multiple of 8 [default: the model's]")
+    parser.add_argument("--out", type=_png_path, default=Path("sdrt.png"),
+                        help="PNG file to write [default: sdrt.png]")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(run=_run_generate)
+
+
+def _progress(quiet: bool, description: str):
+    from tqdm import tqdm
+
+    def wrap(items):
+        return tqdm(items, desc=description, unit="step", disable=quiet, leave=False, file=sys.stderr)
+    return wrap
+
+
+def _run_generate(args) -> None:
+    from .files import check_writable_folder
+
+    check_writable_folder(args.out)
+    from .backends.torch_backend import TorchTextEncoder, TorchUNet, TorchVAEDecoder
+    from .conditioning import StructuredPrompt
+    from .generate import Backends, Job, RunInfo, generate_batch
+    from .model import load_model
+    from .pipeline import SamplingSettings
+    from .text import preprocess
+
+    model = load_model(args.model)
+    size = model.default_size
+    settings = SamplingSettings(steps=args.steps, guidance=args.guidance,
+                                width=args.width or size, height=args.height or size)
+    mode = "plain"
+    backends = Backends("torch", TorchTextEncoder(model.text_encoder),
+                        TorchUNet(model.unet, "values"), TorchVAEDecoder(model.vae))
+    job = Job(StructuredPrompt(preprocess(args.prompt), ()), args.seed, args.out, args.negative_prompt)
+    info = RunInfo(model_id=model.model_id, scheduler=type(model.scheduler).__name__, mode=mode,
+                   parser="none")
+    generate_batch([job], backends, model.tokenizer, model.scheduler, model.vae_scale_factor,
+                   settings, info, progress=_progress(args.quiet, "denoising"))
+    print(f"wrote {args.out}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(
+        prog="sdrt",
+        description="Structured Diffusion Guidance (Feng et al., ICLR 2023) for Stable Diffusion 1.x: "
+                    "noun phrases of the prompt bind their attributes to the right objects.",
+        epilog="Run 'sdrt COMMAND --help' for a command's options and an example.")
+    parser.add_argument("--version", action="version", version=f"sd-struct-rt {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                     parser_class=OneLineParser)
+    _add_generate(commands)
+    return parser
+
+
+def _quiet_libraries() -> None:
+    # Library chatter (weight-loading bars, accelerate hints) would bury our one-line messages.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TQDM_DISABLE_WEIGHT_LOADING", "1")
+    try:
+        import diffusers.utils.logging as diffusers_logging
+        import transformers.utils.logging as transformers_logging
+
+        diffusers_logging.disable_progress_bar()
+        transformers_logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"sdrt: warning: {message}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _quiet_libraries()
+    warnings.showwarning = _one_line_warning
+    try:
+        args.run(args)
+    except UserError as error:
+        print(f"sdrt: error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("sdrt: interrupted; nothing was written", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""Text conditioning (SPEC section 3): keys, stacked levels and the level mask of a batch.
+
+Rows are laid out as diffusers does for classifier-free guidance: the unconditional rows of
+every prompt first, then the conditional ones. Rows may hold different numbers of levels;
+shorter ones are zero-padded and masked (SPEC P3, P4).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+from .backends import TextEncoder
+from .structure.spans import PhraseSpan, StructureWarning
+from .text import token_ids
+
+MODES = ("values", "keys", "plain")
+DEFAULT_MAX_LEVELS = 8
+
+
+@dataclass(frozen=True)
+class StructuredPrompt:
+    prompt: str  # preprocessed (SPEC 1)
+    spans: tuple[PhraseSpan, ...]
+
+
+@dataclass
+class Conditioning:
+    encoder_hidden_states: torch.Tensor  # [N, T, D]
+    level_states: torch.Tensor  # [N, L, T, D]
+    level_mask: torch.Tensor  # [N, L], float 1/0
+
+    @property
+    def levels_per_row(self) -> list[int]:
+        return [int(count) for count in self.level_mask.sum(dim=1)]
+
+
+def aligned(full: torch.Tensor, phrase: torch.Tensor, span: PhraseSpan) -> torch.Tensor:
+    """``full`` with positions ``s+1..e`` replaced by the phrase's own positions ``1..e-s``."""
+    out = full.clone()
+    out[span.start + 1:span.end + 1] = phrase[1:span.end - span.start + 1]
+    return out
+
+
+def merged(full: torch.Tensor, phrases: list[torch.Tensor], spans: tuple[PhraseSpan, ...]) -> torch.Tensor:
+    """Every phrase written into one copy of ``full`` in order, inner phrases last (keys mode)."""
+    out = full.clone()
+    for phrase, span in zip(phrases, spans):
+        out[span.start + 1:span.end + 1] = phrase[1:span.end - span.start + 1]
+    return out
+
+
+def capped_spans(prompt: StructuredPrompt, max_levels: int) -> tuple[PhraseSpan, ...]:
+    room = max_levels - 1  # the full prompt is always a level
+    if len(prompt.spans) > room:
+        dropped = ", ".join(repr(span.text) for span in prompt.spans[room:])
+        warnings.warn(f"only {room} phrases fit in {max_levels} levels; dropped {dropped}",
+                      StructureWarning, stacklevel=2)
+    return prompt.spans[:room]
+
+
+def build_conditioning(encoder: TextEncoder, tokenizer, prompts: list[StructuredPrompt],
+                       negative_prompts: list[str], mode: str,
+                       max_levels: int = DEFAULT_MAX_LEVELS) -> Conditioning:
+    """Encode every string of the batch in one text-encoder call and stack the levels."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}")
+    spans = [() if mode == "plain" else capped_spans(p, max_levels) for p in prompts]
+    texts = list(negative_prompts) + [p.prompt for p in prompts]
+    texts += [span.text for row in spans for span in row]
+    embeddings = encoder(token_ids(tokenizer, texts))
+    count = len(prompts)
+    unconditional, full = embeddings[:count], embeddings[count:2 * count]
+    phrase_embeddings, cursor = [], 2 * count
+    for row in spans:
+        phrase_embeddings.append(list(embeddings[cursor:cursor + len(row)]))
+        cursor += len(row)
+
+    # encoder_hidden_states is the key context in values mode and the value context in keys mode.
+    contexts, level_rows = list(unconditional), [[u] for u in unconditional]
+    for e0, row, phrases in zip(full, spans, phrase_embeddings):
+        contexts.append(merged(e0, phrases, row) if mode == "keys" else e0)
+        level_rows.append([e0] + [aligned(e0, n, span) for n, span in zip(phrases, row)])
+    levels = max(len(row) for row in level_rows)
+    stacked = torch.zeros(len(level_rows), levels, *embeddings.shape[1:], dtype=embeddings.dtype)
+    mask = torch.zeros(len(level_rows), levels, dtype=embeddings.dtype)
+    for i, row in enumerate(level_rows):
+        stacked[i, :len(row)] = torch.stack(row)
+        mask[i, :len(row)] = 1
+    return Conditioning(torch.stack(contexts), stacked, mask)

@@ -1,0 +1,9 @@
+"""Errors the user can act on.
+
+Anything raised as ``UserError`` reaches the terminal as exactly one line (its message) and a
+non-zero exit status; everything else is a bug and keeps its traceback.
+"""
+
+
+class UserError(Exception):
+    """A problem with the user's input or environment, with what to do about it."""
