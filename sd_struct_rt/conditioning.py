@@ -13,17 +13,11 @@ from dataclasses import dataclass
 import torch
 
 from .backends import TextEncoder
-from .structure.spans import PhraseSpan, StructureWarning
+from .structure.spans import PhraseSpan, StructuredPrompt, StructureWarning
 from .text import token_ids
 
 MODES = ("values", "keys", "plain")
 DEFAULT_MAX_LEVELS = 8
-
-
-@dataclass(frozen=True)
-class StructuredPrompt:
-    prompt: str  # preprocessed (SPEC 1)
-    spans: tuple[PhraseSpan, ...]
 
 
 @dataclass

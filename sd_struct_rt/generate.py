@@ -9,9 +9,10 @@ from typing import Callable
 
 from . import __version__
 from .backends import TextEncoder, UNet, VAEDecoder
-from .conditioning import DEFAULT_MAX_LEVELS, StructuredPrompt, build_conditioning
+from .conditioning import DEFAULT_MAX_LEVELS, build_conditioning
 from .image import save_png
 from .pipeline import SamplingSettings, decode, denoise, initial_latents
+from .structure.spans import StructuredPrompt
 
 
 @dataclass

@@ -164,6 +164,15 @@ def check_sd_folder(folder: Path) -> None:
                         f"match the text encoder width {text.get('hidden_size')}; not an SD 1.x model")
 
 
+def load_tokenizer(model: str):
+    """Only the tokenizer of ``model`` (what parsing needs), without loading any weights."""
+    folder = resolve_model_folder(model)
+    check_sd_folder(folder)
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer.from_pretrained(folder / "tokenizer")
+
+
 def load_model(model: str) -> StableDiffusionModel:
     """Load ``tiny``, a local SD 1.x folder or a hub id, in float32 on the CPU."""
     folder = resolve_model_folder(model)

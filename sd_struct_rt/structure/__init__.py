@@ -1,0 +1,16 @@
+"""Structure stage: prompt -> noun-phrase token spans (SPEC sections 1-2)."""
+
+from __future__ import annotations
+
+from ..text import preprocess, tokenize_with_offsets
+from .parsers import Parser
+from .spans import StructuredPrompt, token_spans
+
+
+def analyse(prompt: str, parser: Parser | None, tokenizer) -> StructuredPrompt:
+    """Preprocess ``prompt`` and find its levels; ``parser=None`` gives a plain prompt."""
+    text = preprocess(prompt)
+    if parser is None:
+        return StructuredPrompt(text, ())
+    tokenized = tokenize_with_offsets(tokenizer, text)
+    return StructuredPrompt(text, tuple(token_spans(tokenized, parser.phrases(text))))

