@@ -1,0 +1,48 @@
+"""The official per-level loop, kept only as a speed baseline for benchmarks.
+
+The official code runs one attention per level inside every cross-attention layer and
+averages the outputs; ``StructuredUNet`` computes the same function with one attention per
+layer (values mode). Benchmarks put the two side by side.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attention import StructuredAttnProcessor, _merge_heads, _split_heads
+
+
+class LevelLoopProcessor(StructuredAttnProcessor):
+    """Cross-attention as a Python loop over levels, one full attention each."""
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
+                 key_levels=None, value_levels=None, level_weights=None):
+        if encoder_hidden_states is None:
+            return super().__call__(attn, hidden_states)
+        heads = attn.heads
+        query = _split_heads(attn.to_q(hidden_states), heads)
+        outputs = []
+        for level in range(level_weights.shape[1]):
+            keys = key_levels[:, level] if key_levels is not None else encoder_hidden_states
+            values = value_levels[:, level] if value_levels is not None else encoder_hidden_states
+            outputs.append(F.scaled_dot_product_attention(
+                query, _split_heads(attn.to_k(keys), heads), _split_heads(attn.to_v(values), heads)))
+        out = torch.einsum("nl,lnhsd->nhsd", level_weights, torch.stack(outputs))
+        return attn.to_out[1](attn.to_out[0](_merge_heads(out)))
+
+
+class LevelLoopUNet(nn.Module):
+    """Same inputs and function as ``StructuredUNet``, computed the official way."""
+
+    def __init__(self, unet: nn.Module, mode: str = "values"):
+        super().__init__()
+        unet.set_attn_processor(LevelLoopProcessor())
+        self.unet, self.mode = unet, mode
+
+    def forward(self, sample, timestep, encoder_hidden_states, level_states, level_mask):
+        weights = level_mask / level_mask.sum(dim=1, keepdim=True)
+        role = "value_levels" if self.mode == "values" else "key_levels"
+        return self.unet(sample, timestep, encoder_hidden_states, return_dict=False,
+                         cross_attention_kwargs={role: level_states, "level_weights": weights})[0]
