@@ -125,7 +125,7 @@ def _add_generate(commands) -> None:
         description="Generate an image with Stable Diffusion 1.x and write it as a PNG whose text "
                     "metadata records everything needed to reproduce it.",
         epilog=GENERATE_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("prompt", help="what to draw")
+    parser.add_argument("prompt", nargs="?", help="what to draw (or use --prompts-file)")
     parser.add_argument("--model", default="tiny",
                         help="'tiny' (embedded, random weights), a diffusers-format SD 1.x folder, "
                              "or a Hugging Face model id (needs network) [default: tiny]")
@@ -142,6 +142,13 @@ def _add_generate(commands) -> None:
     parser.add_argument("--out", type=_png_path, default=Path("sdrt.png"),
                         help="PNG file to write [default: sdrt.png]")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    batch = parser.add_argument_group("many prompts")
+    batch.add_argument("--prompts-file", type=Path, metavar="FILE",
+                       help="one prompt per line; prompt i (from 0) gets seed SEED+i whatever the batch size")
+    batch.add_argument("--batch-size", type=_positive_int("batch-size", 64), default=1,
+                       help="prompts per denoising loop; rows may hold different numbers of levels [default: 1]")
+    batch.add_argument("--out-dir", type=Path, metavar="DIR",
+                       help="folder for the PNGs of --prompts-file, named NNNN-prompt.png")
     _add_structure_options(parser, with_plain=True)
     parser.set_defaults(run=_run_generate)
 
@@ -154,31 +161,55 @@ def _progress(quiet: bool, description: str):
     return wrap
 
 
-def _run_generate(args) -> None:
+def _generation_targets(args) -> list[tuple[str, int, Path]]:
+    """(prompt, seed, output path) of every image asked for, checked before any work."""
     from .files import check_writable_folder
+    from .generate import output_name, read_prompts_file
 
-    check_writable_folder(args.out)
+    if args.prompts_file is None:
+        if args.prompt is None:
+            raise UserError("give a prompt, or --prompts-file FILE with one prompt per line")
+        if args.out_dir is not None:
+            raise UserError("--out-dir goes with --prompts-file; for one prompt use --out FILE.png")
+        check_writable_folder(args.out)
+        return [(args.prompt, args.seed, args.out)]
+    if args.prompt is not None:
+        raise UserError("give either a prompt or --prompts-file, not both")
+    if args.out_dir is None:
+        raise UserError("--prompts-file needs --out-dir DIR for its images")
+    prompts = read_prompts_file(args.prompts_file)
+    paths = [args.out_dir / output_name(i, prompt) for i, prompt in enumerate(prompts)]
+    check_writable_folder(paths[0], "--out-dir")
+    return [(prompt, args.seed + i, path) for i, (prompt, path) in enumerate(zip(prompts, paths))]
+
+
+def _run_generate(args) -> None:
+    targets = _generation_targets(args)
     parser = None if args.mode == "plain" else _chosen_parser(args)
-    from .backends.torch_backend import TorchTextEncoder, TorchUNet, TorchVAEDecoder
-    from .generate import Backends, Job, RunInfo, generate_batch
-    from .model import load_model
+    from .generate import Job, RunInfo, check_prompt_length, generate_batch
     from .pipeline import SamplingSettings
+    from .runtime import torch_runtime
     from .structure import analyse
 
-    model = load_model(args.model)
-    size = model.default_size
+    runtime = torch_runtime(args.model, args.mode)
+    size = runtime.default_size
     settings = SamplingSettings(steps=args.steps, guidance=args.guidance,
                                 width=args.width or size, height=args.height or size)
-    structured = analyse(args.prompt, parser, model.tokenizer)
-    unet_mode = "keys" if args.mode == "keys" else "values"
-    backends = Backends("torch", TorchTextEncoder(model.text_encoder),
-                        TorchUNet(model.unet, unet_mode), TorchVAEDecoder(model.vae))
-    job = Job(structured, args.seed, args.out, args.negative_prompt)
-    info = RunInfo(model_id=model.model_id, scheduler=type(model.scheduler).__name__, mode=args.mode,
+    if args.prompts_file is not None:
+        for line, (prompt, _, _) in enumerate(targets, start=1):
+            check_prompt_length(runtime.tokenizer, prompt, f"{args.prompts_file} line {line}")
+    jobs = [Job(analyse(prompt, parser, runtime.tokenizer), seed, out, args.negative_prompt)
+            for prompt, seed, out in targets]
+    info = RunInfo(model_id=runtime.model_id, scheduler=type(runtime.scheduler).__name__, mode=args.mode,
                    parser=parser.name if parser else "none")
-    generate_batch([job], backends, model.tokenizer, model.scheduler, model.vae_scale_factor,
-                   settings, info, max_levels=args.max_levels, progress=_progress(args.quiet, "denoising"))
-    print(f"wrote {args.out}")
+    batches = [jobs[i:i + args.batch_size] for i in range(0, len(jobs), args.batch_size)]
+    for number, batch in enumerate(batches, start=1):
+        label = "denoising" if len(batches) == 1 else f"batch {number}/{len(batches)}"
+        generate_batch(batch, runtime.backends, runtime.tokenizer, runtime.scheduler,
+                       runtime.vae_scale_factor, settings, info, max_levels=args.max_levels,
+                       progress=_progress(args.quiet, label))
+    where = targets[0][2] if len(targets) == 1 else f"{len(targets)} images in {args.out_dir}"
+    print(f"wrote {where}")
 
 
 PARSE_EXAMPLE = """examples:

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from . import __version__
 from .backends import TextEncoder, UNet, VAEDecoder
+from .errors import UserError
 from .conditioning import DEFAULT_MAX_LEVELS, build_conditioning
 from .image import save_png
 from .pipeline import SamplingSettings, decode, denoise, initial_latents
 from .structure.spans import StructuredPrompt
+from .text import CONTENT_TOKENS, preprocess
 
 
 @dataclass
@@ -73,3 +76,31 @@ def generate_batch(jobs: list[Job], backends: Backends, tokenizer, scheduler, va
     images = decode(backends.vae, latents)
     for job, image in zip(jobs, images):
         save_png(image, job.out, png_metadata(job, settings, info, backends.name))
+
+
+def read_prompts_file(path: Path) -> list[str]:
+    """Prompts, one per line; an empty line is refused rather than silently skipped."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise UserError(f"prompts file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise UserError(f"cannot read prompts file {path} ({error})") from None
+    if not lines:
+        raise UserError(f"prompts file {path} is empty; write one prompt per line")
+    for number, line in enumerate(lines, start=1):
+        if not preprocess(line):
+            raise UserError(f"{path} line {number} is empty; write one prompt per line, no blank lines")
+    return lines
+
+
+def check_prompt_length(tokenizer, prompt: str, where: str) -> None:
+    """Refuse a prompt CLIP would truncate: in a batch file that is almost always a mistake."""
+    count = len(tokenizer(preprocess(prompt), add_special_tokens=False).input_ids)
+    if count > CONTENT_TOKENS:
+        raise UserError(f"{where} has {count} tokens but CLIP reads {CONTENT_TOKENS}; shorten it")
+
+
+def output_name(index: int, prompt: str) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", preprocess(prompt)).strip("-")[:60] or "prompt"
+    return f"{index:04d}-{slug}.png"

@@ -32,6 +32,8 @@ def denoise(unet: UNet, scheduler, conditioning: Conditioning, latents: torch.Te
             settings: SamplingSettings,
             progress: Callable[[Iterable], Iterable] = lambda steps: steps) -> torch.Tensor:
     """Classifier-free guided sampling; ``conditioning`` holds unconditional rows, then conditional."""
+    # A fresh scheduler per loop: multistep schedulers (PNDM) carry state from call to call.
+    scheduler = type(scheduler).from_config(scheduler.config)
     scheduler.set_timesteps(settings.steps)
     latents = latents * scheduler.init_noise_sigma
     batch = latents.shape[0]
