@@ -1,0 +1,257 @@
+"""TensorRT engines from the exported ONNX graphs: optimization profiles, cache keys, the build.
+
+Every function that needs TensorRT imports it through ``require_tensorrt()``, so this module
+imports (and its shape arithmetic is tested) on machines without TensorRT or a GPU.
+
+Optimization profiles (SPEC section 5). A ``Profile`` speaks the user's units (prompts per
+call, image side in pixels, levels per prompt); an engine profile gives every input a
+``(min, opt, max)`` shape. ``min``/``max`` are the corners of the user's ranges. TensorRT picks
+its kernels by timing them at ``opt``, and those kernels then serve the whole range, so
+``opt`` is the call we expect most often:
+
+- batch: the smallest batch in the range, since interactive generation is one prompt at a
+  time far more often than not;
+- image side: ``opt_size`` (512, the native resolution of SD 1.x), clamped into the range;
+- levels: the middle of ``1..levels``; a caption has a handful of noun phrases, and the UNet
+  is padded only to the longest prompt of the batch, not to the engine's maximum;
+- text-encoder strings: one call of the smallest batch with every level used, which is each
+  prompt, its phrases and its negative prompt: ``batch * (levels + 1)``, inside the
+  ``1..2 * batch * levels`` range because ``levels + 1 <= 2 * levels``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from pathlib import Path
+from typing import Callable, Mapping, NamedTuple
+
+import torch
+
+from ..errors import UserError
+from ..files import atomic_path
+from ..manifest import Profile
+
+TOKENS = 77  # CLIP positions, T in the SPEC
+LATENT_CHANNELS = 4
+VAE_SCALE = 8  # image pixels per latent pixel
+DEFAULT_OPT_SIZE = 512
+PRECISIONS = ("fp32", "fp16", "bf16")
+OPTIMIZATION_LEVELS = range(6)  # TensorRT's builder optimization levels
+DEFAULT_OPTIMIZATION_LEVEL = 3  # TensorRT's own default
+LEVEL_INPUTS = {"values": "value_states", "keys": "key_states"}
+TENSORRT_MAJOR = 10
+INSTALL_HINT = "pip install 'sd-struct-rt[tensorrt]'"
+
+Progress = Callable[[str, int, int], None]  # (phase, steps done, steps in the phase)
+
+
+class ShapeRange(NamedTuple):
+    min: tuple[int, ...]
+    opt: tuple[int, ...]
+    max: tuple[int, ...]
+
+
+Shapes = dict[str, ShapeRange]
+
+
+def require_tensorrt():
+    """The ``tensorrt`` module, or a one-line ``UserError`` that says how to get it."""
+    try:
+        import tensorrt
+    except (ImportError, OSError) as error:  # OSError: the wheel is there, its CUDA libraries are not
+        missing = isinstance(error, ModuleNotFoundError) and error.name == "tensorrt"
+        problem = ("is not installed (no module named 'tensorrt')" if missing
+                   else f"does not load ({_first_line(error)})")
+        raise UserError(f"TensorRT {problem}; install it with: {INSTALL_HINT} "
+                        "(TensorRT needs an NVIDIA GPU with CUDA)") from None
+    version = str(getattr(tensorrt, "__version__", "of unknown version"))
+    if version.split(".")[0] != str(TENSORRT_MAJOR):
+        raise UserError(f"TensorRT {version} is installed but sd-struct-rt needs TensorRT "
+                        f"{TENSORRT_MAJOR}; install it with: {INSTALL_HINT}")
+    return tensorrt
+
+
+def require_cuda():
+    """The ``torch.device`` engines run on, or a one-line ``UserError`` when there is none."""
+    if not torch.cuda.is_available():
+        build = " (a CPU-only build; install a CUDA build of torch)" if torch.version.cuda is None else ""
+        raise UserError(f"TensorRT needs an NVIDIA GPU with CUDA, and torch {torch.__version__}{build} sees none")
+    return torch.device("cuda", torch.cuda.current_device())
+
+
+def device_description() -> dict[str, str]:
+    """The GPU engines are built for, as recorded in the manifest and the cache key."""
+    device = require_cuda()
+    major, minor = torch.cuda.get_device_capability(device)
+    return {"name": torch.cuda.get_device_name(device), "compute_capability": f"{major}.{minor}"}
+
+
+def _shape_ranges(shapes_at: Callable[..., dict[str, tuple[int, ...]]], *axes: tuple[int, int, int]) -> Shapes:
+    """Evaluate ``shapes_at`` at the min, opt and max of every axis and pair the results up."""
+    low, opt, high = (shapes_at(*point) for point in zip(*axes))
+    return {name: ShapeRange(low[name], opt[name], high[name]) for name in low}
+
+
+def _batch_axis(profile: Profile) -> tuple[int, int, int]:
+    low, high = profile.batch
+    return low, low, high
+
+
+def _latent_side_axis(profile: Profile, opt_size: int) -> tuple[int, int, int]:
+    low, high = profile.size
+    opt = min(max(opt_size // VAE_SCALE * VAE_SCALE, low), high)
+    return low // VAE_SCALE, opt // VAE_SCALE, high // VAE_SCALE
+
+
+def _level_axis(profile: Profile) -> tuple[int, int, int]:
+    return 1, (profile.levels + 2) // 2, profile.levels
+
+
+def unet_shapes(profile: Profile, mode: str, text_width: int, opt_size: int = DEFAULT_OPT_SIZE) -> Shapes:
+    """UNet inputs; classifier-free guidance gives it two rows per prompt."""
+    if mode not in LEVEL_INPUTS:
+        raise ValueError(f"mode must be one of {tuple(LEVEL_INPUTS)}, not {mode!r}")
+    level_input = LEVEL_INPUTS[mode]
+
+    def shapes_at(prompts: int, side: int, levels: int) -> dict[str, tuple[int, ...]]:
+        rows = 2 * prompts
+        return {"sample": (rows, LATENT_CHANNELS, side, side),
+                "timestep": (rows,),
+                "encoder_hidden_states": (rows, TOKENS, text_width),
+                level_input: (rows, levels, TOKENS, text_width),
+                "level_mask": (rows, levels)}
+
+    return _shape_ranges(shapes_at, _batch_axis(profile), _latent_side_axis(profile, opt_size),
+                         _level_axis(profile))
+
+
+def text_encoder_shapes(profile: Profile) -> Shapes:
+    """Text encoder input: every string of one batch (prompts, phrases, negatives) in one call."""
+    low, high = profile.batch
+    strings = (1, low * (profile.levels + 1), 2 * high * profile.levels)
+    return _shape_ranges(lambda count: {"input_ids": (count, TOKENS)}, strings)
+
+
+def vae_decoder_shapes(profile: Profile, opt_size: int = DEFAULT_OPT_SIZE) -> Shapes:
+    """VAE decoder input: the guided latents, one row per prompt."""
+    return _shape_ranges(lambda prompts, side: {"latent": (prompts, LATENT_CHANNELS, side, side)},
+                         _batch_axis(profile), _latent_side_axis(profile, opt_size))
+
+
+def engine_shapes(profile: Profile, mode: str, text_width: int,
+                  opt_size: int = DEFAULT_OPT_SIZE) -> dict[str, Shapes]:
+    """The optimization profile of every engine of a set, by component name (manifest.COMPONENTS)."""
+    return {"text_encoder": text_encoder_shapes(profile),
+            "unet": unet_shapes(profile, mode, text_width, opt_size),
+            "vae_decoder": vae_decoder_shapes(profile, opt_size)}
+
+
+def engine_cache_key(onnx_sha256: str, precision: str, shapes: Mapping[str, ShapeRange], tensorrt_version: str,
+                     compute_capability: str, optimization_level: int) -> str:
+    """A stable hex digest of everything that changes the engine TensorRT builds.
+
+    ``shapes`` (the engine's optimization profile) stands for the user's ``Profile``: it is
+    derived from it and also captures the ``opt`` choice and the mode's input names.
+    """
+    fields = {"onnx_sha256": onnx_sha256, "precision": precision,
+              "shapes": {name: [list(shape) for shape in triple] for name, triple in shapes.items()},
+              "tensorrt_version": tensorrt_version, "compute_capability": compute_capability,
+              "optimization_level": optimization_level}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def make_progress_monitor(trt, progress: Progress | None):
+    """A ``trt.IProgressMonitor`` that reports top-level build phases to ``progress``.
+
+    An exception raised in a callback (Ctrl-C lands there: during a build Python runs only
+    inside these callbacks) must not cross TensorRT's noexcept interface, where it would abort
+    the process; the monitor keeps it in ``failure`` and asks TensorRT to cancel the build.
+    """
+
+    class BuildMonitor(trt.IProgressMonitor):
+        def __init__(self):
+            trt.IProgressMonitor.__init__(self)
+            self.failure: BaseException | None = None
+            self.top_phases: dict[str, int] = {}
+
+        def phase_start(self, phase_name, parent_phase, num_steps):
+            self._guard(self._started, phase_name, parent_phase, num_steps)
+
+        def step_complete(self, phase_name, step):
+            self._guard(self._stepped, phase_name, step)
+            return self.failure is None
+
+        def phase_finish(self, phase_name):
+            self._guard(self.top_phases.pop, phase_name, None)
+
+        def _guard(self, call, *args):
+            try:
+                call(*args)
+            except BaseException as error:
+                self.failure = self.failure or error
+
+        def _started(self, phase_name, parent_phase, num_steps):
+            if parent_phase is None:
+                self.top_phases[phase_name] = num_steps
+                if progress is not None:
+                    progress(phase_name, 0, num_steps)
+
+        def _stepped(self, phase_name, step):
+            if progress is not None and phase_name in self.top_phases:
+                progress(phase_name, step + 1, self.top_phases[phase_name])
+
+    return BuildMonitor()
+
+
+def build_engine(onnx_path: Path, engine_path: Path, shapes: Mapping[str, ShapeRange], precision: str,
+                 optimization_level: int = DEFAULT_OPTIMIZATION_LEVEL, timing_cache_path: Path | None = None,
+                 progress: Progress | None = None) -> None:
+    """Build ``onnx_path`` into a serialized engine at ``engine_path`` (complete or absent).
+
+    ``fp32`` keeps TF32 off, so that engine stays a parity reference. The timing cache, when
+    given, is read if it exists and rewritten (atomically) with what this build measured.
+    """
+    trt = require_tensorrt()
+    require_cuda()
+    if precision not in PRECISIONS:
+        raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    if optimization_level not in OPTIMIZATION_LEVELS:
+        raise UserError(f"TensorRT optimization level must be 0..5, not {optimization_level}")
+    if not onnx_path.is_file():
+        raise UserError(f"{onnx_path} does not exist; export the ONNX graphs before building engines")
+
+    from polygraphy.backend.trt import (CreateConfig, EngineFromNetwork, NetworkFromOnnxPath, SaveEngine,
+                                        Profile as OptimizationProfile)
+    from polygraphy.exception import PolygraphyException
+
+    profile = OptimizationProfile()
+    for name, (low, opt, high) in shapes.items():
+        profile.add(name, low, opt, high)
+    monitor = make_progress_monitor(trt, progress)
+    with contextlib.ExitStack() as stack:
+        # Polygraphy takes open files as well as paths; files leave no '.lock' beside the cache.
+        cache_in = cache_out = None
+        if timing_cache_path is not None:
+            if timing_cache_path.is_file():
+                cache_in = stack.enter_context(open(timing_cache_path, "rb"))
+            cache_out = stack.enter_context(open(stack.enter_context(atomic_path(timing_cache_path)), "w+b"))
+        engine_file = stack.enter_context(atomic_path(engine_path))
+        config = CreateConfig(fp16=precision == "fp16", bf16=precision == "bf16", profiles=[profile],
+                              builder_optimization_level=optimization_level, load_timing_cache=cache_in,
+                              progress_monitor=monitor)
+        network = NetworkFromOnnxPath(str(onnx_path))
+        try:
+            SaveEngine(EngineFromNetwork(network, config, save_timing_cache=cache_out), str(engine_file))()
+        except PolygraphyException as error:
+            if monitor.failure is None:
+                raise UserError(f"TensorRT could not build {engine_path.name} from {onnx_path}: "
+                                f"{_first_line(error)} (the TensorRT log above has the details)") from None
+        if monitor.failure is not None:
+            raise monitor.failure
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
