@@ -31,7 +31,7 @@ import torch
 
 from ..errors import UserError
 from ..files import atomic_path
-from ..manifest import Profile
+from ..manifest import SIZE_STEP, Profile
 
 TOKENS = 77  # CLIP positions, T in the SPEC
 LATENT_CHANNELS = 4
@@ -101,7 +101,7 @@ def _batch_axis(profile: Profile) -> tuple[int, int, int]:
 
 def _latent_side_axis(profile: Profile, opt_size: int) -> tuple[int, int, int]:
     low, high = profile.size
-    opt = min(max(opt_size // VAE_SCALE * VAE_SCALE, low), high)
+    opt = min(max(opt_size // SIZE_STEP * SIZE_STEP, low), high)
     return low // VAE_SCALE, opt // VAE_SCALE, high // VAE_SCALE
 
 

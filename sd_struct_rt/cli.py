@@ -126,9 +126,10 @@ def _add_generate(commands) -> None:
                     "metadata records everything needed to reproduce it.",
         epilog=GENERATE_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("prompt", nargs="?", help="what to draw (or use --prompts-file)")
-    parser.add_argument("--model", default="tiny",
+    parser.add_argument("--model",
                         help="'tiny' (embedded, random weights), a diffusers-format SD 1.x folder, "
-                             "or a Hugging Face model id (needs network) [default: tiny]")
+                             "or a Hugging Face model id (needs network); with --engine, the model the "
+                             "engines must have been built from [default: tiny]")
     parser.add_argument("--negative-prompt", default="", help="what to steer away from [default: none]")
     parser.add_argument("--steps", type=_positive_int("steps", 1000), default=50,
                         help="denoising steps [default: 50]")
@@ -142,6 +143,11 @@ def _add_generate(commands) -> None:
     parser.add_argument("--out", type=_png_path, default=Path("sdrt.png"),
                         help="PNG file to write [default: sdrt.png]")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--engine", type=Path, metavar="DIR",
+                        help="run on a built engine set (sdrt build-engine) instead of the torch model")
+    parser.add_argument("--backend", choices=["auto", "torch", "onnxruntime", "tensorrt"], default="auto",
+                        help="auto: the engine set's backend with --engine (TensorRT, else ONNX Runtime on "
+                             "CUDA, else on the CPU), the torch reference without [default: auto]")
     batch = parser.add_argument_group("many prompts")
     batch.add_argument("--prompts-file", type=Path, metavar="FILE",
                        help="one prompt per line; prompt i (from 0) gets seed SEED+i whatever the batch size")
@@ -188,13 +194,22 @@ def _run_generate(args) -> None:
     parser = None if args.mode == "plain" else _chosen_parser(args)
     from .generate import Job, RunInfo, check_prompt_length, generate_batch
     from .pipeline import SamplingSettings
-    from .runtime import torch_runtime
     from .structure import analyse
 
-    runtime = torch_runtime(args.model, args.mode)
+    runtime = _open_runtime(args)
     size = runtime.default_size
     settings = SamplingSettings(steps=args.steps, guidance=args.guidance,
                                 width=args.width or size, height=args.height or size)
+    max_levels = args.max_levels
+    if runtime.manifest is not None:
+        from .manifest import rebuild_command
+
+        profile, batch = runtime.manifest.profile, min(args.batch_size, len(targets))
+        max_levels = min(max_levels, profile.levels)  # extra phrases are dropped with a warning
+        wider = profile.widened(batch, settings.width, settings.height)
+        profile.check(batch, settings.width, settings.height, 1,
+                      rebuild=rebuild_command(runtime.manifest, args.engine, **wider))
+    print(f"sdrt: backend {runtime.backends.name}", file=sys.stderr)
     if args.prompts_file is not None:
         for line, (prompt, _, _) in enumerate(targets, start=1):
             check_prompt_length(runtime.tokenizer, prompt, f"{args.prompts_file} line {line}")
@@ -206,10 +221,32 @@ def _run_generate(args) -> None:
     for number, batch in enumerate(batches, start=1):
         label = "denoising" if len(batches) == 1 else f"batch {number}/{len(batches)}"
         generate_batch(batch, runtime.backends, runtime.tokenizer, runtime.scheduler,
-                       runtime.vae_scale_factor, settings, info, max_levels=args.max_levels,
+                       runtime.vae_scale_factor, settings, info, max_levels=max_levels,
                        progress=_progress(args.quiet, label))
     where = targets[0][2] if len(targets) == 1 else f"{len(targets)} images in {args.out_dir}"
     print(f"wrote {where}")
+
+
+def _open_runtime(args):
+    from .runtime import engine_runtime, torch_runtime
+
+    if args.engine is None:
+        if args.backend not in ("auto", "torch"):
+            raise UserError(f"--backend {args.backend} runs compiled engines: build them with "
+                            f"'sdrt build-engine --backend {args.backend} --out DIR' and pass --engine DIR")
+        return torch_runtime(args.model or "tiny", args.mode)
+    if args.backend == "torch":
+        raise UserError("--engine runs compiled engines; drop --engine to use the torch reference")
+    runtime = engine_runtime(args.engine, args.mode)
+    if args.model is not None:
+        from .manifest import expect
+
+        expect(runtime.manifest, args.engine, model_id=args.model)
+    built_for = runtime.backends.name.split("-")[0]
+    if args.backend != "auto" and args.backend != built_for:
+        raise UserError(f"{args.engine} holds {built_for} engines, not {args.backend}; "
+                        f"rebuild with: sdrt build-engine --backend {args.backend} --out {args.engine}")
+    return runtime
 
 
 PARSE_EXAMPLE = """examples:
@@ -258,6 +295,109 @@ def _run_parse(args) -> None:
         print(f"level {level}: [{phrase['span'][0]:>2}, {phrase['span'][1]:>2})  {phrase['text']}")
 
 
+def _range(name: str):
+    def parse(text: str) -> tuple[int, int]:
+        low, sep, high = text.partition(":")
+        try:
+            values = (int(low), int(high if sep else low))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be MIN:MAX whole numbers, not {text!r}") from None
+        return values
+    return parse
+
+
+BUILD_EXAMPLE = """examples:
+  sdrt build-engine --model tiny --backend onnxruntime --out engines/tiny
+  sdrt build-engine --model /models/sd-v1-5 --backend tensorrt --precision fp16 \\
+      --batch 1:4 --size 512:768 --levels 8 --out engines/sd15-fp16
+
+Writes text_encoder, unet and vae_decoder graphs (and TensorRT plans) with manifest.json into
+--out. The set appears only when complete; an error or Ctrl-C leaves nothing behind."""
+
+
+def _add_build_engine(commands) -> None:
+    parser = commands.add_parser(
+        "build-engine", help="export the model to ONNX and build an engine set",
+        description="Export the structured UNet, the text encoder and the VAE decoder to ONNX, build "
+                    "engines for one backend and record everything in manifest.json.",
+        epilog=BUILD_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="tiny", help="'tiny', an SD 1.x folder or a hub id [default: tiny]")
+    parser.add_argument("--backend", choices=["auto", "onnxruntime", "tensorrt"], default="auto",
+                        help="auto: TensorRT when it and a GPU are present, else ONNX Runtime [default: auto]")
+    parser.add_argument("--mode", choices=["values", "keys"], default="values",
+                        help="which role the stacked levels play in the UNet; values also serves plain "
+                             "[default: values]")
+    parser.add_argument("--batch", type=_range("--batch"), default=(1, 4), metavar="MIN:MAX",
+                        help="prompts per call the engines accept [default: 1:4]")
+    parser.add_argument("--size", type=_range("--size"), metavar="MIN:MAX",
+                        help="image side in pixels, multiples of 64 [default: 64:the model's size]")
+    parser.add_argument("--levels", type=_positive_int("levels", 64), default=8,
+                        help="most levels per prompt, the full prompt included [default: 8]")
+    parser.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default=None,
+                        help="engine precision [default: fp16 for TensorRT, fp32 for ONNX Runtime]")
+    parser.add_argument("--optimization-level", type=int, choices=range(6), default=3,
+                        help="TensorRT builder optimization level [default: 3]")
+    parser.add_argument("--timing-cache", type=Path, metavar="FILE",
+                        help="TensorRT timing cache to read and update (speeds up rebuilds)")
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder of the engine set")
+    parser.set_defaults(run=_run_build_engine)
+
+
+def _run_build_engine(args) -> None:
+    from tqdm import tqdm
+
+    from .export.build import build_engine_set
+    from .manifest import Profile
+    from .model import load_model
+    from .runtime import best_engine_backend, tensorrt_usable
+
+    backend = args.backend
+    if backend == "auto":
+        backend = best_engine_backend()
+        reason = "" if tensorrt_usable() else " (TensorRT with a GPU is not available here)"
+        print(f"sdrt: backend {backend}{reason}", file=sys.stderr)
+    precision = args.precision or ("fp16" if backend == "tensorrt" else "fp32")
+    size = args.size or (64, load_model(args.model).default_size)
+    profile = Profile(batch=args.batch, size=size, levels=args.levels)
+    stages = tqdm(total=5 if backend == "onnxruntime" else 8, desc="build-engine", unit="stage",
+                  file=sys.stderr, leave=False)
+
+    def stage(name: str) -> None:
+        stages.set_postfix_str(name)
+        stages.update(1)
+
+    with stages:
+        build_engine_set(args.model, backend, args.mode, profile, precision, args.out, stage,
+                         args.optimization_level, args.timing_cache)
+    print(f"wrote {backend} engines ({args.mode} mode, {precision}) to {args.out}")
+
+
+def _add_check_engine(commands) -> None:
+    parser = commands.add_parser(
+        "check-engine", help="compare an engine set with the torch reference",
+        description="Run every engine of a set and the torch reference of its model on the same fresh "
+                    "random inputs (through Polygraphy's Comparator) and print the errors. Float32 "
+                    "engines pass at relative error <= 1e-4, reduced precision at cosine >= 0.999.",
+        epilog="example:\n  sdrt check-engine engines/tiny", formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("engine", type=Path, metavar="DIR", help="folder written by sdrt build-engine")
+    parser.add_argument("--seed", type=_seed, default=0, help="seed of the random inputs [default: 0]")
+    parser.set_defaults(run=_run_check_engine)
+
+
+def _run_check_engine(args) -> None:
+    from .export.check import check_engine_set
+
+    rows = check_engine_set(args.engine, args.seed)
+    print(f"{'component':<13} {'rel. error':>10} {'cosine':>10}  result  shapes")
+    for row in rows:
+        print(f"{row.component:<13} {row.relative_error:>10.2e} {row.cosine:>10.6f}  "
+              f"{'pass' if row.passed else 'FAIL':<6}  {row.shape}")
+    failed = [row for row in rows if not row.passed]
+    if failed:
+        raise UserError(f"{len(failed)} of {len(rows)} comparisons failed for {args.engine}")
+    print(f"{args.engine}: all {len(rows)} comparisons pass")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="sdrt",
@@ -269,6 +409,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      parser_class=OneLineParser)
     _add_generate(commands)
     _add_parse(commands)
+    _add_build_engine(commands)
+    _add_check_engine(commands)
     return parser
 
 

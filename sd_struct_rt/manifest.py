@@ -18,6 +18,7 @@ from .errors import UserError
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
 COMPONENTS = ("text_encoder", "unet", "vae_decoder")
+SIZE_STEP = 64  # pixels: 8 for the VAE times 8 for the UNet's three downsamplings
 
 
 def file_sha256(path: Path) -> str:
@@ -41,10 +42,19 @@ class Profile:
         if not 1 <= low <= high:
             raise UserError(f"batch range {low}:{high} is empty; give MIN:MAX with 1 <= MIN <= MAX")
         low, high = self.size
-        if not (8 <= low <= high and low % 8 == 0 and high % 8 == 0):
-            raise UserError(f"size range {low}:{high} must be multiples of 8 with MIN <= MAX")
+        # The UNet halves the latent three times; a traced graph needs it to divide evenly.
+        if not (SIZE_STEP <= low <= high and low % SIZE_STEP == 0 and high % SIZE_STEP == 0):
+            raise UserError(f"size range {low}:{high} must be multiples of {SIZE_STEP} with MIN <= MAX")
         if self.levels < 1:
             raise UserError(f"--levels must be at least 1, not {self.levels}")
+
+    def widened(self, batch: int, width: int, height: int) -> dict[str, str]:
+        """build-engine options whose ranges cover this profile and the request."""
+        sides = (width, height, *self.size)
+        low_side = max(SIZE_STEP, min(sides) // SIZE_STEP * SIZE_STEP)
+        high_side = -(-max(sides) // SIZE_STEP) * SIZE_STEP
+        return {"batch": f"{min(batch, self.batch[0])}:{max(batch, self.batch[1])}",
+                "size": f"{low_side}:{high_side}"}
 
     def check(self, batch: int, width: int, height: int, levels: int, rebuild: str) -> None:
         """Refuse, before anything runs, a request the engine was not built for."""
@@ -54,6 +64,8 @@ class Profile:
         for name, side in (("width", width), ("height", height)):
             if not self.size[0] <= side <= self.size[1]:
                 problems.append(f"{name} {side} is outside the engine's {self.size[0]}..{self.size[1]}")
+            elif side % SIZE_STEP:
+                problems.append(f"{name} {side} is not a multiple of {SIZE_STEP}, which engines need")
         if levels > self.levels:
             problems.append(f"{levels} levels exceed the engine's {self.levels}")
         if problems:
@@ -74,6 +86,7 @@ class Manifest:
     onnx_sha256: dict[str, str]  # component -> sha256 of its ONNX graph file
     engine_files: dict[str, str]  # component -> file the backend loads
     files: dict[str, str]  # every artefact of the set (engines, graphs, external data) -> sha256
+    model_config: dict[str, int] = field(default_factory=dict)  # vae_scale_factor, default_size, text_width
     device: dict[str, str] = field(default_factory=dict)  # name, compute_capability (TensorRT)
     package_version: str = __version__
     format_version: int = FORMAT_VERSION
@@ -110,12 +123,13 @@ def read_manifest(folder: Path) -> Manifest:
     return manifest
 
 
-def rebuild_command(manifest: Manifest, folder: Path) -> str:
+def rebuild_command(manifest: Manifest, folder: Path, **changes) -> str:
+    """The build-engine command that reproduces ``manifest``, with ``changes`` applied."""
     profile = manifest.profile
-    return (f"sdrt build-engine --model {manifest.model_id} --backend {manifest.backend} "
-            f"--mode {manifest.mode} --precision {manifest.precision} "
-            f"--batch {profile.batch[0]}:{profile.batch[1]} --size {profile.size[0]}:{profile.size[1]} "
-            f"--levels {profile.levels} --out {folder}")
+    options = {"model": manifest.model_id, "backend": manifest.backend, "mode": manifest.mode,
+               "precision": manifest.precision, "batch": f"{profile.batch[0]}:{profile.batch[1]}",
+               "size": f"{profile.size[0]}:{profile.size[1]}", "levels": profile.levels, **changes}
+    return "sdrt build-engine " + " ".join(f"--{key} {value}" for key, value in options.items()) + f" --out {folder}"
 
 
 def expect(manifest: Manifest, folder: Path, **wanted: str) -> None:
@@ -124,7 +138,7 @@ def expect(manifest: Manifest, folder: Path, **wanted: str) -> None:
                    for key, value in wanted.items() if getattr(manifest, key) != value]
     if differences:
         raise UserError(f"engine set {folder} does not match: {'; '.join(differences)}; "
-                        f"rebuild with: {rebuild_command(manifest, folder)}")
+                        f"rebuild with: {rebuild_command(manifest, folder, **wanted)}")
 
 
 def verify_files(manifest: Manifest, folder: Path) -> None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 from .generate import Backends
-from .manifest import Profile
+from .manifest import Manifest
 
 
 @dataclass
@@ -16,7 +18,7 @@ class Runtime:
     model_id: str
     default_size: int
     vae_scale_factor: int
-    profile: Profile | None = None  # the shapes a compiled engine set accepts; None: any
+    manifest: Manifest | None = None  # for compiled engines: what they accept; None: anything
 
 
 def torch_runtime(model_ref: str, mode: str) -> Runtime:
@@ -30,3 +32,50 @@ def torch_runtime(model_ref: str, mode: str) -> Runtime:
                         TorchVAEDecoder(model.vae))
     return Runtime(backends, model.tokenizer, model.scheduler, model.model_id, model.default_size,
                    model.vae_scale_factor)
+
+
+ENGINE_BACKENDS = ("onnxruntime", "tensorrt")
+
+
+def tensorrt_usable() -> bool:
+    """TensorRT imports and a CUDA device is present: the only case where it can run."""
+    import importlib.util
+
+    import torch
+
+    return importlib.util.find_spec("tensorrt") is not None and torch.cuda.is_available()
+
+
+def best_engine_backend() -> str:
+    return "tensorrt" if tensorrt_usable() else "onnxruntime"
+
+
+def engine_runtime(folder: Path, mode: str) -> Runtime:
+    """Backends over a built engine set, after the manifest and every file hash check out."""
+    from transformers import CLIPTokenizer
+
+    from .manifest import expect, read_manifest, verify_files
+
+    manifest = read_manifest(folder)
+    expect(manifest, folder, mode="keys" if mode == "keys" else "values")
+    verify_files(manifest, folder)
+    paths = {component: folder / name for component, name in manifest.engine_files.items()}
+    if manifest.backend == "onnxruntime":
+        from .backends.onnxruntime_backend import OrtTextEncoder, OrtUNet, OrtVAEDecoder
+
+        unet = OrtUNet(paths["unet"])
+        name = f"onnxruntime-{unet.graph.device.type}"
+        backends = Backends(name, OrtTextEncoder(paths["text_encoder"], unet.graph.device.type), unet,
+                            OrtVAEDecoder(paths["vae_decoder"], unet.graph.device.type))
+    else:
+        from .backends.tensorrt_backend import TrtTextEncoder, TrtUNet, TrtVAEDecoder
+
+        backends = Backends("tensorrt", TrtTextEncoder(paths["text_encoder"]),
+                            TrtUNet(paths["unet"], manifest.mode), TrtVAEDecoder(paths["vae_decoder"]))
+    scheduler_config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    import diffusers
+
+    scheduler = getattr(diffusers, scheduler_config["_class_name"]).from_config(scheduler_config)
+    config = manifest.model_config
+    return Runtime(backends, CLIPTokenizer.from_pretrained(folder / "tokenizer"), scheduler,
+                   manifest.model_id, config["default_size"], config["vae_scale_factor"], manifest)

@@ -1,0 +1,173 @@
+"""ONNX export of the tiny model: ONNX Runtime matches the torch reference (SPEC 7), and the
+graphs pass the TensorRT op-support and fused-attention checks."""
+
+from __future__ import annotations
+
+import copy
+import sys
+
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper
+
+from sd_struct_rt.backends.onnxruntime_backend import OrtTextEncoder, OrtUNet, OrtVAEDecoder
+from sd_struct_rt.backends.torch_backend import TorchTextEncoder, TorchUNet, TorchVAEDecoder
+from sd_struct_rt.errors import UserError
+from sd_struct_rt.export import graph_checks, onnx_export
+
+from tests.conftest import relative_error
+
+ORT_TOLERANCE = 1e-4
+CROSS_ATTENTIONS = 16
+# (levels per row, latent height, latent width): one plain row; rows with different numbers of
+# levels, so padded levels sit behind the mask; non-square latents. None is the traced shape
+# (2 rows, 3 levels, 16x24), so a size frozen by tracing would show.
+UNET_CASES = [([1], 32, 32), ([1, 3, 2, 4], 24, 40), ([5, 2], 8, 16)]
+
+
+@pytest.fixture(scope="module")
+def graphs(tiny, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("onnx")
+    return {
+        "values": onnx_export.export_unet(tiny, "values", folder, name="unet_values"),
+        "keys": onnx_export.export_unet(tiny, "keys", folder, name="unet_keys"),
+        "text_encoder": onnx_export.export_text_encoder(tiny, folder),
+        "vae_decoder": onnx_export.export_vae_decoder(tiny, folder),
+    }
+
+
+def unet_inputs(levels_per_row: list[int], height: int, width: int, text_width: int,
+                generator: torch.Generator):
+    rows, levels = len(levels_per_row), max(levels_per_row)
+    mask = (torch.arange(levels)[None, :] < torch.tensor(levels_per_row)[:, None]).float()
+    return (torch.randn(rows, 4, height, width, generator=generator),
+            torch.randint(0, 1000, (rows,), generator=generator),
+            torch.randn(rows, 77, text_width, generator=generator),
+            # Padded levels hold random finite values too: only the mask may hide them.
+            torch.randn(rows, levels, 77, text_width, generator=generator),
+            mask)
+
+
+@pytest.mark.parametrize("mode", ["values", "keys"])
+def test_unet_matches_torch_reference(tiny, graphs, mode, fresh_generator):
+    onnx_unet = OrtUNet(graphs[mode], device="cpu")
+    reference = TorchUNet(copy.deepcopy(tiny.unet), mode)  # the shared tiny UNet keeps its processors
+    assert onnx_unet.mode == mode
+    for levels_per_row, height, width in UNET_CASES:
+        inputs = unet_inputs(levels_per_row, height, width, tiny.unet.config.cross_attention_dim, fresh_generator)
+        noise_pred = onnx_unet(*inputs)
+        expected = reference(*inputs)
+        assert noise_pred.shape == expected.shape == (len(levels_per_row), 4, height, width)
+        error = relative_error(noise_pred, expected)
+        assert error <= ORT_TOLERANCE, f"{mode} {levels_per_row} {height}x{width}: relative error {error:.2e}"
+
+
+def test_text_encoder_matches_torch_reference(tiny, graphs, fresh_generator):
+    encoder = OrtTextEncoder(graphs["text_encoder"], device="cpu")
+    reference = TorchTextEncoder(tiny.text_encoder)
+    for prompts in (1, 3):
+        input_ids = torch.randint(0, tiny.text_encoder.config.vocab_size, (prompts, 77),
+                                  generator=fresh_generator, dtype=torch.int32)
+        embeddings = encoder(input_ids)
+        assert embeddings.shape == (prompts, 77, tiny.text_encoder.config.hidden_size)
+        assert relative_error(embeddings, reference(input_ids)) <= ORT_TOLERANCE
+
+
+def test_vae_decoder_matches_torch_reference(tiny, graphs, fresh_generator):
+    decoder = OrtVAEDecoder(graphs["vae_decoder"], device="cpu")
+    reference = TorchVAEDecoder(tiny.vae)
+    for rows, height, width in ((1, 32, 32), (2, 24, 40)):
+        latent = torch.randn(rows, 4, height, width, generator=fresh_generator)
+        images = decoder(latent)
+        assert images.shape == (rows, 3, 8 * height, 8 * width)
+        assert 0 <= images.min() and images.max() <= 1
+        assert relative_error(images, reference(latent)) <= ORT_TOLERANCE
+
+
+def _signature(values) -> list[tuple]:
+    return [(value.name, TensorProto.DataType.Name(value.type.tensor_type.elem_type),
+             [dim.dim_param or dim.dim_value for dim in value.type.tensor_type.shape.dim]) for value in values]
+
+
+def _unet_inputs_signature(level_input: str, d: int) -> list[tuple]:
+    return [("sample", "FLOAT", ["N", 4, "h", "w"]), ("timestep", "INT64", ["N"]),
+            ("encoder_hidden_states", "FLOAT", ["N", 77, d]), (level_input, "FLOAT", ["N", "L", 77, d]),
+            ("level_mask", "FLOAT", ["N", "L"])]
+
+
+def test_graph_inputs_and_outputs_follow_the_engine_contract(tiny, graphs):
+    d = tiny.unet.config.cross_attention_dim
+    noise_pred = [("noise_pred", "FLOAT", ["N", 4, "h", "w"])]
+    expected = {
+        "values": (_unet_inputs_signature("value_states", d), noise_pred),
+        "keys": (_unet_inputs_signature("key_states", d), noise_pred),
+        "text_encoder": ([("input_ids", "INT32", ["M", 77])], [("text_embeddings", "FLOAT", ["M", 77, d])]),
+        "vae_decoder": ([("latent", "FLOAT", ["N", 4, "h", "w"])], [("images", "FLOAT", ["N", 3, "8h", "8w"])]),
+    }
+    for name, (inputs, outputs) in expected.items():
+        graph = onnx.load(str(graphs[name]), load_external_data=False).graph
+        assert (_signature(graph.input), _signature(graph.output)) == (inputs, outputs), name
+
+
+def test_graphs_are_saved_with_external_data_and_nothing_else(graphs):
+    folder = graphs["values"].parent
+    files = [path for graph in graphs.values() for path in onnx_export.graph_files(graph)]
+    assert {path.name for path in files} == {f"{graph.name}{suffix}" for graph in graphs.values()
+                                              for suffix in ("", ".data")}
+    assert sorted(path.name for path in folder.iterdir()) == sorted(path.name for path in files)
+
+
+@pytest.mark.parametrize("name", ["values", "keys", "text_encoder", "vae_decoder"])
+def test_exported_graphs_pass_tensorrt_op_check(graphs, name):
+    graph_checks.check_tensorrt_support(graphs[name])
+    model = onnx.load(str(graphs[name]), load_external_data=False)
+    default_opsets = {entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")}
+    assert default_opsets == {onnx_export.OPSET}
+    layer_norms = [node for node in model.graph.node if node.op_type == "LayerNormalization"]
+    assert layer_norms or name == "vae_decoder", "LayerNormalization must stay a native op"
+
+
+def _single_node_model(node: onnx.NodeProto, opset: int = 17) -> onnx.ModelProto:
+    graph = helper.make_graph(
+        [node], "hand_made",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        initializer=[helper.make_tensor("scales", TensorProto.FLOAT, [2], [2.0, 2.0])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+@pytest.mark.parametrize("model, reason", [
+    (_single_node_model(helper.make_node("Unique", ["x"], ["y"], name="unique")), "not supported"),
+    (_single_node_model(helper.make_node("FusedMatMul", ["x", "x"], ["y"], domain="com.microsoft")),
+     "custom op"),
+    (_single_node_model(helper.make_node("Resize", ["x", "", "scales"], ["y"], mode="cubic")), "mode='cubic'"),
+    (_single_node_model(helper.make_node("Relu", ["x"], ["y"]), opset=21), "opset 21"),
+], ids=["unsupported-op", "custom-domain", "resize-cubic", "opset-too-new"])
+def test_tensorrt_op_check_rejects(model, reason):
+    assert any(reason in problem for problem in graph_checks.tensorrt_problems(model))
+    with pytest.raises(graph_checks.GraphCheckError):
+        graph_checks.check_tensorrt_support(model)
+
+
+def test_values_mode_cross_attention_is_fusable(graphs):
+    found = graph_checks.check_fusable_cross_attention(graphs["values"], expected=CROSS_ATTENTIONS)
+    assert found == CROSS_ATTENTIONS
+
+
+def test_fusable_attention_check_fails_when_a_node_sits_between_softmax_and_matmul(graphs):
+    model = onnx.load(str(graphs["values"]), load_external_data=False)
+    softmax = next(node for node in model.graph.node if node.op_type == "Softmax" and "attn2" in node.name)
+    consumer = next(node for node in model.graph.node if softmax.output[0] in node.input)
+    scaled = f"{softmax.output[0]}_scaled"
+    consumer.input[list(consumer.input).index(softmax.output[0])] = scaled
+    model.graph.initializer.append(helper.make_tensor("one", TensorProto.FLOAT, [], [1.0]))
+    model.graph.node.append(helper.make_node("Mul", [softmax.output[0], "one"], [scaled], name="inserted"))
+    with pytest.raises(graph_checks.GraphCheckError, match="output feeds Mul,"):
+        graph_checks.check_fusable_cross_attention(model)
+
+
+def test_missing_onnxruntime_is_one_user_error(graphs, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(UserError, match=r"pip install 'sd-struct-rt\[cpu\]'"):
+        OrtUNet(graphs["values"], device="cpu")
