@@ -77,3 +77,27 @@ def machine_description() -> dict[str, object]:
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
     return info
+
+
+def cached_engine_set(model_ref: str, backend: str, mode: str) -> "Path":
+    """An engine set for ``model_ref`` in the cache, built on first use (benchmarks need one)."""
+    import hashlib
+    from pathlib import Path
+
+    from . import __version__
+    from .errors import UserError
+    from .export.build import build_engine_set
+    from .manifest import Profile, read_manifest, verify_files
+    from .model import load_model
+    from .paths import cache_dir
+
+    model = load_model(model_ref)
+    key = hashlib.sha256(f"{model.folder.resolve()}|{__version__}".encode()).hexdigest()[:12]
+    folder = Path(cache_dir()) / "engines" / f"{key}-{backend}-{mode}"
+    try:
+        verify_files(read_manifest(folder), folder)
+    except UserError:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        build_engine_set(model_ref, backend, mode, Profile(size=(64, model.default_size)),
+                         "fp16" if backend == "tensorrt" else "fp32", folder)
+    return folder

@@ -18,6 +18,7 @@ class Runtime:
     model_id: str
     default_size: int
     vae_scale_factor: int
+    text_width: int
     manifest: Manifest | None = None  # for compiled engines: what they accept; None: anything
 
 
@@ -31,7 +32,7 @@ def torch_runtime(model_ref: str, mode: str) -> Runtime:
                         TorchUNet(model.unet, "keys" if mode == "keys" else "values"),
                         TorchVAEDecoder(model.vae))
     return Runtime(backends, model.tokenizer, model.scheduler, model.model_id, model.default_size,
-                   model.vae_scale_factor)
+                   model.vae_scale_factor, model.text_encoder.config.hidden_size)
 
 
 ENGINE_BACKENDS = ("onnxruntime", "tensorrt")
@@ -78,4 +79,5 @@ def engine_runtime(folder: Path, mode: str) -> Runtime:
     scheduler = getattr(diffusers, scheduler_config["_class_name"]).from_config(scheduler_config)
     config = manifest.model_config
     return Runtime(backends, CLIPTokenizer.from_pretrained(folder / "tokenizer"), scheduler,
-                   manifest.model_id, config["default_size"], config["vae_scale_factor"], manifest)
+                   manifest.model_id, config["default_size"], config["vae_scale_factor"], config["text_width"],
+                   manifest)

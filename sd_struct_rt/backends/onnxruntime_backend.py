@@ -55,6 +55,9 @@ def session_options(optimized_model: Path | None = None):
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.intra_op_num_threads = physical_cores()
+    # Three sessions (text encoder, UNet, VAE) run one after another in a pipeline: threads
+    # left spinning after one session's run would steal the cores the next one needs.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if optimized_model is not None:
         options.optimized_model_filepath = str(optimized_model)
         # The optimized UNet of a real model is over 2 GB too.
