@@ -24,12 +24,16 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
+def _number(text: str, convert, what: str):
+    try:
+        return convert(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{what}, not {text!r}") from None
+
+
 def _positive_int(name: str, upper: int):
     def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a whole number, not {text!r}") from None
+        value = _number(text, int, f"{name} must be a whole number")
         if not 1 <= value <= upper:
             raise argparse.ArgumentTypeError(f"{name} must be between 1 and {upper}, not {value}")
         return value
@@ -38,10 +42,7 @@ def _positive_int(name: str, upper: int):
 
 def _image_side(name: str):
     def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a whole number of pixels, not {text!r}") from None
+        value = _number(text, int, f"{name} must be a whole number of pixels")
         if value % 8:
             raise argparse.ArgumentTypeError(
                 f"{name} {value} is not a multiple of 8 (the VAE works on 8x8 blocks); "
@@ -53,20 +54,14 @@ def _image_side(name: str):
 
 
 def _guidance(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"guidance must be a number, not {text!r}") from None
+    value = _number(text, float, "guidance must be a number")
     if not math.isfinite(value) or value < 0:
         raise argparse.ArgumentTypeError(f"guidance must be 0 or more (7.5 is SD's usual), not {text}")
     return value
 
 
 def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"seed must be a whole number, not {text!r}") from None
+    value = _number(text, int, "seed must be a whole number")
     if not 0 <= value < 2**63:
         raise argparse.ArgumentTypeError(f"seed must be between 0 and 2**63-1, not {value}")
     return value
@@ -209,7 +204,6 @@ def _run_generate(args) -> None:
         wider = profile.widened(batch, settings.width, settings.height)
         profile.check(batch, settings.width, settings.height, 1,
                       rebuild=rebuild_command(runtime.manifest, args.engine, **wider))
-    print(f"sdrt: backend {runtime.backends.name}", file=sys.stderr)
     if args.prompts_file is not None:
         for line, (prompt, _, _) in enumerate(targets, start=1):
             check_prompt_length(runtime.tokenizer, prompt, f"{args.prompts_file} line {line}")
@@ -218,6 +212,7 @@ def _run_generate(args) -> None:
     info = RunInfo(model_id=runtime.model_id, scheduler=type(runtime.scheduler).__name__, mode=args.mode,
                    parser=parser.name if parser else "none")
     batches = [jobs[i:i + args.batch_size] for i in range(0, len(jobs), args.batch_size)]
+    print(f"sdrt: backend {runtime.backends.name}", file=sys.stderr)  # every input checked by now
     for number, batch in enumerate(batches, start=1):
         label = "denoising" if len(batches) == 1 else f"batch {number}/{len(batches)}"
         generate_batch(batch, runtime.backends, runtime.tokenizer, runtime.scheduler,
