@@ -78,8 +78,9 @@ def build_conditioning(encoder: TextEncoder, tokenizer, prompts: list[Structured
         contexts.append(merged(e0, phrases, row) if mode == "keys" else e0)
         level_rows.append([e0] + [aligned(e0, n, span) for n, span in zip(phrases, row)])
     levels = max(len(row) for row in level_rows)
-    stacked = torch.zeros(len(level_rows), levels, *embeddings.shape[1:], dtype=embeddings.dtype)
-    mask = torch.zeros(len(level_rows), levels, dtype=embeddings.dtype)
+    # Stay on the text encoder's device: the UNet reads these at every step.
+    stacked = embeddings.new_zeros(len(level_rows), levels, *embeddings.shape[1:])
+    mask = embeddings.new_zeros(len(level_rows), levels)
     for i, row in enumerate(level_rows):
         stacked[i, :len(row)] = torch.stack(row)
         mask[i, :len(row)] = 1

@@ -42,7 +42,9 @@ def denoise(unet: UNet, scheduler, conditioning: Conditioning, latents: torch.Te
         timestep = torch.full((2 * batch,), int(t), dtype=torch.int64)
         noise = unet(model_input, timestep, conditioning.encoder_hidden_states,
                      conditioning.level_states, conditioning.level_mask)
-        unconditional, conditional = noise.float().chunk(2)
+        # The scheduler keeps the latents on the CPU in float32; a GPU backend's prediction
+        # comes back per step (64x64x4 values for SD at 512 px: negligible next to the UNet).
+        unconditional, conditional = noise.to("cpu", torch.float32).chunk(2)
         guided = unconditional + settings.guidance * (conditional - unconditional)
         latents = scheduler.step(guided, t, latents, return_dict=False)[0]
     return latents
@@ -50,5 +52,5 @@ def denoise(unet: UNet, scheduler, conditioning: Conditioning, latents: torch.Te
 
 def decode(vae: VAEDecoder, latents: torch.Tensor) -> torch.Tensor:
     """``[B, 3, H, W]`` uint8 images."""
-    images = vae(latents).float()
+    images = vae(latents).to("cpu", torch.float32)
     return (images * 255).round().clamp(0, 255).to(torch.uint8)

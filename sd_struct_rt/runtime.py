@@ -22,15 +22,23 @@ class Runtime:
     manifest: Manifest | None = None  # for compiled engines: what they accept; None: anything
 
 
-def torch_runtime(model_ref: str, mode: str) -> Runtime:
-    """The torch reference on the CPU (or the first CUDA device once moved there by the caller)."""
-    from .backends.torch_backend import TorchTextEncoder, TorchUNet, TorchVAEDecoder
+def torch_runtime(model_ref: str, mode: str, device: str = "auto", half: bool = False) -> Runtime:
+    """The torch reference: CUDA when there is a GPU (``auto``), else the CPU; ``half`` for fp16."""
+    import torch
+
+    from .backends.torch_backend import TorchTextEncoder, TorchUNet, TorchVAEDecoder, resolve_device
+    from .errors import UserError
     from .model import load_model
 
+    where = resolve_device(device)
+    if half and where.type != "cuda":
+        raise UserError("float16 needs a CUDA device; the CPU reference runs in float32")
+    dtype = torch.float16 if half else torch.float32
     model = load_model(model_ref)
-    backends = Backends("torch", TorchTextEncoder(model.text_encoder),
-                        TorchUNet(model.unet, "keys" if mode == "keys" else "values"),
-                        TorchVAEDecoder(model.vae))
+    backends = Backends(f"torch-{where.type}" + ("-fp16" if half else ""),
+                        TorchTextEncoder(model.text_encoder, where, dtype),
+                        TorchUNet(model.unet, "keys" if mode == "keys" else "values", where, dtype),
+                        TorchVAEDecoder(model.vae, where, dtype))
     return Runtime(backends, model.tokenizer, model.scheduler, model.model_id, model.default_size,
                    model.vae_scale_factor, model.text_encoder.config.hidden_size)
 

@@ -36,7 +36,7 @@ def test_png_records_how_it_was_made(tmp_path):
     assert meta["scheduler"] == "PNDMScheduler"
     assert meta["size"] == "64x64"
     assert meta["model"] == "tiny"
-    assert meta["backend"] == "torch"
+    assert meta["backend"] == "torch-cpu"
     assert meta["sd_struct_rt_version"]
     assert list(tmp_path.iterdir()) == [out]  # no temporary left beside it
 
