@@ -44,6 +44,7 @@ import torch
 from torch import nn
 
 from sd_struct_rt.attention import MODES, StructuredUNet
+from sd_struct_rt.backends import LEVEL_INPUTS
 from sd_struct_rt.backends.onnxruntime_backend import IMAGE_SCALE_METADATA
 from sd_struct_rt.backends.torch_backend import LatentDecoder
 from sd_struct_rt.model import StableDiffusionModel
@@ -51,7 +52,6 @@ from sd_struct_rt.model import StableDiffusionModel
 EXPORTER = "torchscript"
 OPSET = 17
 TEXT_LENGTH = 77
-UNET_LEVEL_INPUT = {"values": "value_states", "keys": "key_states"}
 
 
 class _TextEmbeddings(nn.Module):
@@ -97,14 +97,14 @@ def export_unet(model: StableDiffusionModel, mode: str, folder: Path, *, opset: 
         "sample": _example(batch, 4, height, latent_width, like=like, generator=generator),
         "timestep": torch.randint(0, 1000, (batch,), generator=generator).to(like["device"]),
         "encoder_hidden_states": _example(batch, TEXT_LENGTH, width, like=like, generator=generator),
-        UNET_LEVEL_INPUT[mode]: _example(batch, levels, TEXT_LENGTH, width, like=like, generator=generator),
+        LEVEL_INPUTS[mode]: _example(batch, levels, TEXT_LENGTH, width, like=like, generator=generator),
         "level_mask": torch.ones(batch, levels, **like),
     }
     dynamic_axes = {
         "sample": {0: "N", 2: "h", 3: "w"},
         "timestep": {0: "N"},
         "encoder_hidden_states": {0: "N"},
-        UNET_LEVEL_INPUT[mode]: {0: "N", 1: "L"},
+        LEVEL_INPUTS[mode]: {0: "N", 1: "L"},
         "level_mask": {0: "N", 1: "L"},
         "noise_pred": {0: "N", 2: "h", 3: "w"},
     }

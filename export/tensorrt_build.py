@@ -31,6 +31,7 @@ import torch
 
 from ..errors import UserError
 from ..files import atomic_path
+from ..backends import LEVEL_INPUTS
 from ..manifest import SIZE_STEP, Profile
 
 TOKENS = 77  # CLIP positions, T in the SPEC
@@ -40,7 +41,6 @@ DEFAULT_OPT_SIZE = 512
 PRECISIONS = ("fp32", "fp16", "bf16")
 OPTIMIZATION_LEVELS = range(6)  # TensorRT's builder optimization levels
 DEFAULT_OPTIMIZATION_LEVEL = 3  # TensorRT's own default
-LEVEL_INPUTS = {"values": "value_states", "keys": "key_states"}
 TENSORRT_MAJOR = 10
 INSTALL_HINT = "pip install 'sd-struct-rt[tensorrt]'"
 

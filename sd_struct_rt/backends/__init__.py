@@ -10,6 +10,9 @@ from typing import Protocol
 
 import torch
 
+# SPEC section 5: the UNet's stacked-levels input is named after the role the levels play.
+LEVEL_INPUTS = {"values": "value_states", "keys": "key_states"}
+
 
 class TextEncoder(Protocol):
     def __call__(self, input_ids: torch.Tensor) -> torch.Tensor:

@@ -15,9 +15,10 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from . import LEVEL_INPUTS
 
 DEVICES = ("auto", "cpu", "cuda")
-_LEVEL_INPUTS = {"value_states": "values", "key_states": "keys"}
+_MODE_OF_LEVEL_INPUT = {name: mode for mode, name in LEVEL_INPUTS.items()}
 # ONNX Runtime's type names -> the torch dtype fed or returned, and the numpy one I/O binding wants.
 _DTYPES = {"tensor(float)": (torch.float32, np.float32), "tensor(float16)": (torch.float16, np.float16),
            "tensor(int64)": (torch.int64, np.int64), "tensor(int32)": (torch.int32, np.int32)}
@@ -136,12 +137,12 @@ class OrtUNet:
 
     def __init__(self, graph: Path, device: str = "auto", optimized_model: Path | None = None):
         self.graph = OrtGraph(graph, device, optimized_model)
-        levels = [name for name in self.graph.input_types if name in _LEVEL_INPUTS]
+        levels = [name for name in self.graph.input_types if name in _MODE_OF_LEVEL_INPUT]
         if len(levels) != 1:
             raise UserError(f"{graph} is not a structured UNet graph (no value_states or key_states input); "
                             "export it again")
         self.level_input = levels[0]
-        self.mode = _LEVEL_INPUTS[self.level_input]
+        self.mode = _MODE_OF_LEVEL_INPUT[self.level_input]
 
     def __call__(self, sample, timestep, encoder_hidden_states, level_states, level_mask):
         # The graph takes one timestep per row; a shared scalar step is broadcast to the rows.

@@ -19,7 +19,8 @@ from typing import Mapping, NamedTuple, Sequence
 import torch
 
 from ..errors import UserError
-from ..export.tensorrt_build import LEVEL_INPUTS, ShapeRange, require_cuda, require_tensorrt
+from . import LEVEL_INPUTS
+from ..export.tensorrt_build import ShapeRange, require_cuda, require_tensorrt
 
 
 class Axis(NamedTuple):
