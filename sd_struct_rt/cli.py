@@ -358,12 +358,15 @@ def _run_build_engine(args) -> None:
                   file=sys.stderr, leave=False)
 
     def stage(name: str) -> None:
+        # A stage is counted done when the next one starts, so the bar never runs ahead.
+        if stages.postfix:
+            stages.update(1)
         stages.set_postfix_str(name)
-        stages.update(1)
 
     with stages:
         build_engine_set(args.model, backend, args.mode, profile, precision, args.out, stage,
                          args.optimization_level, args.timing_cache)
+        stages.update(1)
     print(f"wrote {backend} engines ({args.mode} mode, {precision}) to {args.out}")
 
 
