@@ -18,6 +18,7 @@ from typing import Callable, Iterator
 
 from sd_struct_rt import __version__
 from sd_struct_rt.errors import UserError
+from sd_struct_rt.files import current_umask
 from sd_struct_rt.manifest import COMPONENTS, MANIFEST_NAME, Manifest, Profile, file_sha256
 
 BACKENDS = ("onnxruntime", "tensorrt")
@@ -62,7 +63,11 @@ def _swap_into_place(staging: Path, destination: Path) -> None:
     if destination.exists():
         retired = destination.with_name(f".{destination.name}.replaced-{os.getpid()}")
         os.rename(destination, retired)
-        os.rename(staging, destination)
+        try:
+            os.rename(staging, destination)
+        except BaseException:
+            os.rename(retired, destination)  # the old set stays usable
+            raise
         shutil.rmtree(retired, ignore_errors=True)
     else:
         os.rename(staging, destination)
@@ -100,9 +105,7 @@ def build_engine_set(model_ref: str, backend: str, mode: str, profile: Profile, 
     with folder_lock(destination):
         staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".building",
                                         dir=destination.parent))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(staging, 0o777 & ~umask)  # mkdtemp's private 0700 would outlive the rename
+        os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp's private 0700 would outlive the rename
         try:
             stage("loading the model")
             model = load_model(model_ref)

@@ -199,11 +199,13 @@ def _run_generate(args) -> None:
     if runtime.manifest is not None:
         from .manifest import rebuild_command
 
-        profile, batch = runtime.manifest.profile, min(args.batch_size, len(targets))
+        profile = runtime.manifest.profile
         max_levels = min(max_levels, profile.levels)  # extra phrases are dropped with a warning
-        wider = profile.widened(batch, settings.width, settings.height)
-        profile.check(batch, settings.width, settings.height, 1,
-                      rebuild=rebuild_command(runtime.manifest, args.engine, **wider))
+        # the last batch may be smaller than the others: both sizes must fit the profile
+        for batch in sorted({min(args.batch_size, len(targets)), len(targets) % args.batch_size or args.batch_size}):
+            wider = profile.widened(batch, settings.width, settings.height)
+            profile.check(batch, settings.width, settings.height, 1,
+                          rebuild=rebuild_command(runtime.manifest, args.engine, **wider))
     if args.prompts_file is not None:
         for line, (prompt, _, _) in enumerate(targets, start=1):
             check_prompt_length(runtime.tokenizer, prompt, f"{args.prompts_file} line {line}")
@@ -506,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sdrt: error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
-        print("sdrt: interrupted; nothing was written", file=sys.stderr)
+        print("sdrt: interrupted; no partly written file was left behind", file=sys.stderr)
         return EXIT_INTERRUPTED
     return 0
 

@@ -29,11 +29,18 @@ def check_writable_folder(path: Path, what: str = "output") -> None:
     os.unlink(probe)
 
 
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it to ``path`` only if the block succeeds."""
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
     os.close(handle)
+    os.chmod(temporary, 0o666 & ~current_umask())  # mkstemp's private 0600 would survive the rename
     try:
         yield Path(temporary)
         os.replace(temporary, path)

@@ -90,3 +90,12 @@ def test_console_script_help_and_error_without_traceback(tmp_path):
     assert failed.returncode == 2
     assert "Traceback" not in failed.stderr
     assert failed.stderr.strip().count("\n") == 0
+
+
+def test_png_permissions_follow_the_umask(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        assert generate(tmp_path / "mode.png") == 0
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "mode.png").stat().st_mode & 0o777 == 0o644

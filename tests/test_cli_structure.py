@@ -55,7 +55,7 @@ def test_parse_table_with_tree(capsys):
     (["--tree", "(ROOT (NP (DT a) (NN cat)"], "unbalanced --tree"),
     (["--tree", ""], "empty --tree"),
     (["--tree", "(ROOT (NP (DT a) (NN dog)))"], "does not match the prompt"),
-    (["--phrase", "a dog"], "does not occur in the prompt"),
+    (["--phrase", "a dog"], "does not occur as whole words in the prompt"),
     (["--parser", "nltk"], "invalid choice"),
     (["--parser", "spacy", "--spacy-model", "xx_no_such_model"], "is not installed"),
     (["--parser", "spacy", "--phrase", "a cat"], "go with --parser tree"),
@@ -79,3 +79,10 @@ def test_missing_stanza_models_is_one_line(tmp_path, capsys, monkeypatch):
     assert main(["parse", "a red car", "--parser", "stanza"]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "stanza.download" in lines[0]
+
+
+def test_partial_word_phrase_and_empty_prompt_are_refused(capsys):
+    assert main(["parse", "a red car and a white sheep", "--phrase", "red ca"]) == 2
+    assert "whole words" in capsys.readouterr().err
+    assert main(["parse", " . "]) == 2
+    assert "the prompt is empty" in capsys.readouterr().err

@@ -175,3 +175,16 @@ def test_rebuild_replaces_an_engine_set_but_not_other_folders(engines, tmp_path,
     assert main(["build-engine", "--backend", "onnxruntime", "--out", str(other)]) == 2
     assert "is not an engine set" in one_error_line(capsys)
     assert (other / "holiday.jpg").read_bytes() == b"not ours"
+
+
+def test_a_short_last_batch_is_checked_too(tmp_path, capsys):
+    folder = tmp_path / "pairs"
+    assert main(["build-engine", "--backend", "onnxruntime", "--batch", "2:2", "--size", "64:64",
+                 "--levels", "2", "--out", str(folder)]) == 0
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a cat\na dog\na bird\n")  # batches of 2, then 1
+    (tmp_path / "out").mkdir()
+    assert main(["generate", "--prompts-file", str(prompts), "--engine", str(folder), "--batch-size", "2",
+                 "--out-dir", str(tmp_path / "out"), *FAST]) == 2
+    assert "batch 1 is outside the engine's 2..2" in one_error_line(capsys)
+    assert list((tmp_path / "out").iterdir()) == []

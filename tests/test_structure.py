@@ -178,7 +178,7 @@ def test_bad_parser_input_is_a_user_error(make, message):
 def test_tree_of_another_prompt_and_absent_phrase(tiny):
     with pytest.raises(UserError, match="does not match the prompt"):
         analyse("a red car", BracketedTreeParser(["(ROOT (NP (DT a) (JJ blue) (NN car)))"]), tiny.tokenizer)
-    with pytest.raises(UserError, match="does not occur in the prompt"):
+    with pytest.raises(UserError, match="does not occur as whole words in the prompt"):
         analyse("a red car", BracketedTreeParser(phrase_texts=["a blue car"]), tiny.tokenizer)
 
 

@@ -34,11 +34,13 @@ def align_leaves(prompt: str, words: Sequence[str], cursor: int = 0) -> list[tup
     """
     ranges = []
     for word in words:
-        start = prompt.find(word.lower(), cursor)
+        wanted = word.lower()
+        start = prompt.find(wanted, cursor)
+        end = start + len(wanted)
         if start < 0 or re.search(r"\w", prompt[cursor:start]):
             raise UserError(f"the tree's word {word!r} does not match the prompt {prompt!r} "
                             f"after character {cursor}; give a tree of this prompt's words")
-        cursor = start + len(word)
+        cursor = end
         ranges.append((start, cursor))
     return ranges
 
@@ -70,10 +72,11 @@ class BracketedTreeParser:
         phrases = phrases_of_trees(prompt, self.trees)
         for text in self.phrase_texts:
             wanted = text.lower().strip()
-            start = prompt.find(wanted) if wanted else -1
-            if start < 0:
-                raise UserError(f"--phrase {text!r} does not occur in the prompt {prompt!r}")
-            phrases.append(Phrase(start, start + len(wanted)))
+            # whole words only: "red ca" must not take part of "car"
+            match = re.search(rf"(?<!\w){re.escape(wanted)}(?!\w)", prompt) if wanted else None
+            if match is None:
+                raise UserError(f"--phrase {text!r} does not occur as whole words in the prompt {prompt!r}")
+            phrases.append(Phrase(match.start(), match.end()))
         return phrases
 
 
