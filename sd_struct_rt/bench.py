@@ -34,10 +34,17 @@ def _unet_inputs(runtime: Runtime, levels: int, side: int, generator: torch.Gene
             torch.randn(2, levels, 77, width, generator=generator), torch.ones(2, levels))
 
 
+def _render(runtime: Runtime, prompts: list, sampling) -> torch.Tensor:
+    from .generate import render
+
+    return render(prompts, [""] * len(prompts), list(range(len(prompts))), runtime.backends, runtime.tokenizer,
+                  runtime.scheduler, runtime.vae_scale_factor, sampling, "values")
+
+
 def stage_latencies(runtime: Runtime, parser, settings: BenchSettings, side: int) -> dict[str, dict]:
     """Median latency of each pipeline stage for one prompt, and of the whole generation."""
     from .conditioning import build_conditioning
-    from .pipeline import SamplingSettings, decode, denoise, initial_latents
+    from .pipeline import SamplingSettings, decode, initial_latents
     from .structure import analyse
 
     structured = analyse(settings.prompt, parser, runtime.tokenizer)
@@ -45,48 +52,37 @@ def stage_latencies(runtime: Runtime, parser, settings: BenchSettings, side: int
     conditioning = build_conditioning(runtime.backends.text_encoder, runtime.tokenizer, [structured], [""],
                                       "values")
     latents = initial_latents([0], side, side, runtime.vae_scale_factor)
-    unet = runtime.backends.unet
     model_input = torch.cat([latents, latents])
-
-    def end_to_end():
-        prompt = analyse(settings.prompt, parser, runtime.tokenizer)
-        cond = build_conditioning(runtime.backends.text_encoder, runtime.tokenizer, [prompt], [""], "values")
-        decode(runtime.backends.vae, denoise(unet, runtime.scheduler, cond, latents, sampling))
-
     candidates = {
         "parse": lambda: analyse(settings.prompt, parser, runtime.tokenizer),
         "text_encode": lambda: build_conditioning(runtime.backends.text_encoder, runtime.tokenizer,
                                                   [structured], [""], "values"),
-        "unet_step": lambda: unet(model_input, torch.full((2,), 500), conditioning.encoder_hidden_states,
-                                  conditioning.level_states, conditioning.level_mask),
+        "unet_step": lambda: runtime.backends.unet(model_input, torch.full((2,), 500),
+                                                   conditioning.encoder_hidden_states, conditioning.level_states,
+                                                   conditioning.level_mask),
         "vae": lambda: decode(runtime.backends.vae, latents),
     }
     timings = interleaved(candidates, warmup=settings.warmup, rounds=settings.rounds)
     result = {name: timing.as_dict() for name, timing in timings.items()}
-    end = interleaved({"end_to_end": end_to_end}, warmup=1, rounds=max(3, settings.rounds // 5))
+    end = interleaved({"end_to_end": lambda: _render(runtime, [analyse(settings.prompt, parser, runtime.tokenizer)],
+                                                     sampling)},
+                      warmup=1, rounds=max(3, settings.rounds // 5))
     result["end_to_end"] = end["end_to_end"].as_dict() | {"steps": settings.steps, "levels": len(structured.spans) + 1}
     return result
 
 
 def throughput(runtime: Runtime, parser, settings: BenchSettings, side: int) -> list[dict]:
     """Images per second of whole generations against the batch size."""
-    from .conditioning import build_conditioning
-    from .pipeline import SamplingSettings, decode, denoise, initial_latents
+    from .pipeline import SamplingSettings
     from .structure import analyse
 
     sampling = SamplingSettings(steps=settings.steps, width=side, height=side)
     limit = runtime.manifest.profile.batch[1] if runtime.manifest else max(settings.batch_sizes)
+    structured = analyse(settings.prompt, parser, runtime.tokenizer)
     rows = []
     for batch in [size for size in settings.batch_sizes if size <= limit]:
-        prompts = [analyse(settings.prompt, parser, runtime.tokenizer)] * batch
-
-        def run():
-            cond = build_conditioning(runtime.backends.text_encoder, runtime.tokenizer, prompts, [""] * batch,
-                                      "values")
-            latents = initial_latents(list(range(batch)), side, side, runtime.vae_scale_factor)
-            decode(runtime.backends.vae, denoise(runtime.backends.unet, runtime.scheduler, cond, latents, sampling))
-
-        timing = interleaved({"run": run}, warmup=1, rounds=3)["run"]
+        timing = interleaved({"run": lambda: _render(runtime, [structured] * batch, sampling)},
+                             warmup=1, rounds=3)["run"]
         rows.append({"batch": batch, "images_per_second": round(batch / (timing.median_ms / 1e3), 3),
                      "median_ms": round(timing.median_ms, 1)})
     return rows

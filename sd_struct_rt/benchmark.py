@@ -88,16 +88,15 @@ def cached_engine_set(model_ref: str, backend: str, mode: str) -> "Path":
     from .errors import UserError
     from .export.build import build_engine_set
     from .manifest import Profile, read_manifest, verify_files
-    from .model import load_model
+    from .model import default_image_size, resolve_model_folder
     from .paths import cache_dir
 
-    model = load_model(model_ref)
-    key = hashlib.sha256(f"{model.folder.resolve()}|{__version__}".encode()).hexdigest()[:12]
+    key = hashlib.sha256(f"{resolve_model_folder(model_ref).resolve()}|{__version__}".encode()).hexdigest()[:12]
     folder = Path(cache_dir()) / "engines" / f"{key}-{backend}-{mode}"
     try:
         verify_files(read_manifest(folder), folder)
     except UserError:
         folder.parent.mkdir(parents=True, exist_ok=True)
-        build_engine_set(model_ref, backend, mode, Profile(size=(64, model.default_size)),
+        build_engine_set(model_ref, backend, mode, Profile(size=(64, default_image_size(model_ref))),
                          "fp16" if backend == "tensorrt" else "fp32", folder)
     return folder

@@ -345,7 +345,7 @@ def _run_build_engine(args) -> None:
 
     from .export.build import build_engine_set
     from .manifest import Profile
-    from .model import load_model
+    from .model import default_image_size
     from .runtime import best_engine_backend, tensorrt_usable
 
     backend = args.backend
@@ -354,7 +354,7 @@ def _run_build_engine(args) -> None:
         reason = "" if tensorrt_usable() else " (TensorRT with a GPU is not available here)"
         print(f"sdrt: backend {backend}{reason}", file=sys.stderr)
     precision = args.precision or ("fp16" if backend == "tensorrt" else "fp32")
-    size = args.size or (64, load_model(args.model).default_size)
+    size = args.size or (64, default_image_size(args.model))
     profile = Profile(batch=args.batch, size=size, levels=args.levels)
     stages = tqdm(total=5 if backend == "onnxruntime" else 8, desc="build-engine", unit="stage",
                   file=sys.stderr, leave=False)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+
+import torch
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -64,16 +66,22 @@ def png_metadata(job: Job, settings: SamplingSettings, info: RunInfo, backend: s
     }
 
 
+def render(prompts: list[StructuredPrompt], negative_prompts: list[str], seeds: list[int], backends: Backends,
+           tokenizer, scheduler, vae_scale_factor: int, settings: SamplingSettings, mode: str,
+           max_levels: int = DEFAULT_MAX_LEVELS, progress: Callable = lambda steps: steps) -> torch.Tensor:
+    """``[B, 3, H, W]`` uint8 images of a batch of analysed prompts, in one denoising loop."""
+    conditioning = build_conditioning(backends.text_encoder, tokenizer, prompts, negative_prompts, mode, max_levels)
+    latents = initial_latents(seeds, settings.height, settings.width, vae_scale_factor)
+    return decode(backends.vae, denoise(backends.unet, scheduler, conditioning, latents, settings, progress))
+
+
 def generate_batch(jobs: list[Job], backends: Backends, tokenizer, scheduler, vae_scale_factor: int,
                    settings: SamplingSettings, info: RunInfo,
                    max_levels: int = DEFAULT_MAX_LEVELS, progress: Callable = lambda steps: steps) -> None:
     """Generate and save one PNG per job in one batched denoising loop."""
-    conditioning = build_conditioning(backends.text_encoder, tokenizer, [job.prompt for job in jobs],
-                                      [job.negative_prompt for job in jobs], info.mode, max_levels)
-    latents = initial_latents([job.seed for job in jobs], settings.height, settings.width,
-                              vae_scale_factor)
-    latents = denoise(backends.unet, scheduler, conditioning, latents, settings, progress)
-    images = decode(backends.vae, latents)
+    images = render([job.prompt for job in jobs], [job.negative_prompt for job in jobs],
+                    [job.seed for job in jobs], backends, tokenizer, scheduler, vae_scale_factor, settings,
+                    info.mode, max_levels, progress)
     for job, image in zip(jobs, images):
         save_png(image, job.out, png_metadata(job, settings, info, backends.name))
 

@@ -164,6 +164,15 @@ def check_sd_folder(folder: Path) -> None:
                         f"match the text encoder width {text.get('hidden_size')}; not an SD 1.x model")
 
 
+def default_image_size(model: str) -> int:
+    """The model's native image side in pixels, read from its configs (no weights loaded)."""
+    folder = resolve_model_folder(model)
+    check_sd_folder(folder)
+    unet = json.loads((folder / "unet" / "config.json").read_text())
+    vae = json.loads((folder / "vae" / "config.json").read_text())
+    return unet["sample_size"] * 2 ** (len(vae["block_out_channels"]) - 1)
+
+
 def load_tokenizer(model: str):
     """Only the tokenizer of ``model`` (what parsing needs), without loading any weights."""
     folder = resolve_model_folder(model)
