@@ -31,6 +31,7 @@ demo: install
 	$(SDRT) generate "$(DEMO_PROMPT)" --engine engines/tiny --seed 7 --out out/demo.png
 
 test: install
+	$(VENV)/bin/ruff check .
 	$(PYTHON) -m pytest -q
 
 clean:

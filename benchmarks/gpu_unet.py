@@ -19,8 +19,8 @@ import torch
 from diffusers import UNet2DConditionModel
 
 from sd_struct_rt.attention import StructuredUNet
-from sd_struct_rt.baselines import LevelLoopUNet
-from sd_struct_rt.benchmark import interleaved, machine_description, ratio
+from sd_struct_rt.level_loop import LevelLoopUNet
+from sd_struct_rt.timing import interleaved, machine_description, ratio
 
 CONFIG = Path(__file__).parent / "configs" / "sd15_unet.json"
 

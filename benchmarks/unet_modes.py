@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 
 from sd_struct_rt.attention import StructuredUNet
-from sd_struct_rt.baselines import LevelLoopUNet
-from sd_struct_rt.benchmark import interleaved, machine_description, ratio
+from sd_struct_rt.level_loop import LevelLoopUNet
+from sd_struct_rt.timing import interleaved, machine_description, ratio
 from sd_struct_rt.model import load_model
 
 

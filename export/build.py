@@ -14,16 +14,19 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 from sd_struct_rt import __version__
-from sd_struct_rt.errors import UserError
+from sd_struct_rt.backends import BuildOptions, EngineBackend, Stage, engine_backend, require_available
+from sd_struct_rt.contract import Profile
+from sd_struct_rt.errors import InputError, UserError
+from sd_struct_rt.families import COMPONENTS
 from sd_struct_rt.files import current_umask
-from sd_struct_rt.manifest import COMPONENTS, MANIFEST_NAME, Manifest, Profile, file_sha256
+from sd_struct_rt.manifest import MANIFEST_NAME, Manifest, file_sha256
 
-BACKENDS = ("onnxruntime", "tensorrt")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt")
-Stage = Callable[[str], None]  # announces the next stage to the user
+# Stages every build announces besides its backend's own: load, three exports, graph checks, manifest.
+COMMON_STAGES = 6
 
 
 @contextlib.contextmanager
@@ -80,25 +83,41 @@ def _copy_runtime_files(model_folder: Path, staging: Path) -> None:
     shutil.copy2(model_folder / "scheduler" / "scheduler_config.json", staging / "scheduler")
 
 
-def build_engine_set(model_ref: str, backend: str, mode: str, profile: Profile, precision: str,
+def planned_stages(backend: EngineBackend) -> int:
+    """How many stages ``build_engine_set`` announces for ``backend``: a progress bar's total."""
+    return COMMON_STAGES + backend.build_stages
+
+
+def check_graphs(graphs: dict[str, Path], cross_attentions: int) -> None:
+    """The graphs of every set are the ones TensorRT would take: they must parse there, and
+    every cross-attention must stay the MatMul-Softmax-MatMul that TensorRT fuses (SPEC 4)."""
+    from .graph_checks import GraphCheckError, check_fusable_cross_attention, check_tensorrt_support
+
+    try:
+        for graph in graphs.values():
+            check_tensorrt_support(graph)
+        check_fusable_cross_attention(graphs["unet"], expected=cross_attentions)
+    except GraphCheckError as error:
+        raise UserError(f"the exported graphs fail a check, so no engine set was written: {error}") from None
+
+
+def build_engine_set(model_ref: str, backend_name: str, mode: str, profile: Profile, precision: str | None,
                      destination: Path, stage: Stage = lambda name: None,
-                     optimization_level: int = 3, timing_cache: Path | None = None) -> Manifest:
-    """Build the three engines of ``model_ref`` for ``backend`` into ``destination``."""
-    from sd_struct_rt.model import load_model
+                     options: BuildOptions = BuildOptions()) -> Manifest:
+    """Export ``model_ref`` and build its engines for ``backend_name`` into ``destination``."""
+    from sd_struct_rt.families import family_named
+    from sd_struct_rt.model import load_model, model_facts
 
-    from .onnx_export import OPSET, EXPORTER, export_text_encoder, export_unet, export_vae_decoder
+    from .onnx_export import EXPORTER, OPSET, export_graphs
 
-    if backend not in BACKENDS:
-        raise UserError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if backend == "onnxruntime" and precision != "fp32":
-        raise UserError("ONNX Runtime engines are float32; use --precision fp32 or --backend tensorrt")
-    device: dict[str, str] = {}
-    if backend == "tensorrt":
-        from .tensorrt_build import device_description, require_cuda, require_tensorrt
-
-        trt = require_tensorrt()
-        require_cuda()
-        device = device_description()
+    backend = engine_backend(backend_name)
+    precision = precision or backend.default_precision
+    if precision not in backend.precisions:
+        raise InputError(f"{backend.title} engines take precision {' or '.join(backend.precisions)}, "
+                         f"not {precision}")
+    require_available(backend)
+    backend_version, device = backend.version(), backend.device_description()
+    profile.require_size_step(model_facts(model_ref).size_step)
     if not destination.parent.is_dir():
         raise UserError(f"folder {destination.parent} does not exist; create it or choose another --out")
     _check_replaceable(destination)
@@ -109,47 +128,25 @@ def build_engine_set(model_ref: str, backend: str, mode: str, profile: Profile, 
         try:
             stage("loading the model")
             model = load_model(model_ref)
-            graphs = {}
-            stage("exporting the text encoder to ONNX")
-            graphs["text_encoder"] = export_text_encoder(model, staging)
-            stage(f"exporting the UNet ({mode} mode) to ONNX")
-            graphs["unet"] = export_unet(model, mode, staging)
-            stage("exporting the VAE decoder to ONNX")
-            graphs["vae_decoder"] = export_vae_decoder(model, staging)
-            engine_files = {component: graphs[component].name for component in COMPONENTS}
-            backend_version = _onnxruntime_version() if backend == "onnxruntime" else trt.__version__
-            text_width = model.text_encoder.config.hidden_size
-            if backend == "tensorrt":
-                from .tensorrt_build import build_engine, engine_shapes
-
-                shapes = engine_shapes(profile, mode, text_width, opt_size=model.default_size)
-                for component in COMPONENTS:
-                    stage(f"building the TensorRT {component} engine ({precision})")
-                    plan = staging / f"{component}.plan"
-                    build_engine(graphs[component], plan, shapes[component], precision,
-                                 optimization_level, timing_cache)
-                    engine_files[component] = plan.name
+            family = family_named(model.facts.family)
+            graphs = export_graphs(model, family, mode, staging, stage)
+            stage("checking the graphs")
+            check_graphs(graphs, family.cross_attention_count(model))
+            contracts = family.networks(model.facts, mode)
+            engine_files = backend.build(graphs, contracts, profile, model.facts, precision, staging, options, stage)
             stage("writing the manifest")
             _copy_runtime_files(model.folder, staging)
             files = {str(p.relative_to(staging)): file_sha256(p)
                      for p in sorted(staging.rglob("*")) if p.is_file()}
             manifest = Manifest(
                 model_id=model.model_id, weights_sha256=weights_sha256(model.folder), mode=mode,
-                backend=backend, backend_version=backend_version, precision=precision, profile=profile,
+                backend=backend.name, backend_version=backend_version, precision=precision, profile=profile,
                 exporter=EXPORTER, opset=OPSET,
                 onnx_sha256={component: files[graphs[component].name] for component in COMPONENTS},
-                engine_files=engine_files, files=files, device=device,
-                model_config={"vae_scale_factor": model.vae_scale_factor, "default_size": model.default_size,
-                              "text_width": text_width},
+                engine_files=engine_files, files=files, model_facts=model.facts, device=device,
                 package_version=__version__)
             (staging / MANIFEST_NAME).write_text(manifest.to_json())
             _swap_into_place(staging, destination)
             return manifest
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-
-
-def _onnxruntime_version() -> str:
-    from sd_struct_rt.backends.onnxruntime_backend import require_onnxruntime
-
-    return require_onnxruntime().__version__

@@ -1,4 +1,4 @@
-"""The three networks of the pipeline as ONNX graphs with the names and axes of SPEC section 5.
+"""The networks of a model family as ONNX graphs, named and shaped by their contracts (SPEC 5).
 
 Exporter and opset, chosen deliberately:
 
@@ -35,6 +35,7 @@ import shutil
 import tempfile
 import warnings
 from pathlib import Path
+from typing import Any, Callable
 
 import onnx
 import onnx_ir as ir
@@ -43,104 +44,41 @@ import onnxscript.optimizer
 import torch
 from torch import nn
 
-from sd_struct_rt.attention import MODES, StructuredUNet
-from sd_struct_rt.backends import LEVEL_INPUTS
-from sd_struct_rt.backends.onnxruntime_backend import IMAGE_SCALE_METADATA
-from sd_struct_rt.backends.torch_backend import LatentDecoder
-from sd_struct_rt.model import StableDiffusionModel
+from sd_struct_rt.contract import NetworkContract
+from sd_struct_rt.families import COMPONENTS, Family
 
 EXPORTER = "torchscript"
 OPSET = 17
-TEXT_LENGTH = 77
 
 
-class _TextEmbeddings(nn.Module):
-    """``int32`` token ids in, last hidden states out (the pooled output is not exported)."""
+def export_network(module: nn.Module, contract: NetworkContract, destination: Path, *, opset: int = OPSET) -> Path:
+    """Trace ``module`` (whose forward takes the contract's inputs in order) to ``destination``.
 
-    def __init__(self, text_encoder: nn.Module):
-        super().__init__()
-        self.text_encoder = text_encoder
-
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.text_encoder(input_ids.long()).last_hidden_state
-
-
-def _parameter_like(module: nn.Module) -> dict:
-    parameter = next(module.parameters())
-    return {"dtype": parameter.dtype, "device": parameter.device}
-
-
-def _example(*shape: int, like: dict, generator: torch.Generator) -> torch.Tensor:
-    # A private generator: exporting must not move the caller's global random state.
-    return torch.randn(*shape, generator=generator).to(**like)
-
-
-def export_unet(model: StableDiffusionModel, mode: str, folder: Path, *, opset: int = OPSET,
-                name: str = "unet") -> Path:
-    """Export the model's UNet with structured cross-attention in ``mode``.
-
-    Inputs ``sample [N,4,h,w]``, ``timestep [N] int64``, ``encoder_hidden_states [N,77,D]``,
-    ``value_states`` or ``key_states [N,L,77,D]``, ``level_mask [N,L]``; output
-    ``noise_pred [N,4,h,w]``. ``h`` and ``w`` must be multiples of 8 (the UNet downsamples
-    three times). Returns the path of ``<folder>/<name>.onnx``.
+    The graph gets the contract's input and output names and dynamic axes; the sample inputs
+    give every axis a different size, so no axis is confused with another or broadcast.
     """
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
-    unet = model.unet
-    like = _parameter_like(unet)
-    width = unet.config.cross_attention_dim
-    generator = torch.Generator().manual_seed(0)
-    # Example sizes differ from each other and from 1, so no axis is confused with another
-    # or broadcast; 16x24 latents keep tracing a real UNet cheap.
-    batch, levels, height, latent_width = 2, 3, 16, 24
-    inputs = {
-        "sample": _example(batch, 4, height, latent_width, like=like, generator=generator),
-        "timestep": torch.randint(0, 1000, (batch,), generator=generator).to(like["device"]),
-        "encoder_hidden_states": _example(batch, TEXT_LENGTH, width, like=like, generator=generator),
-        LEVEL_INPUTS[mode]: _example(batch, levels, TEXT_LENGTH, width, like=like, generator=generator),
-        "level_mask": torch.ones(batch, levels, **like),
-    }
-    dynamic_axes = {
-        "sample": {0: "N", 2: "h", 3: "w"},
-        "timestep": {0: "N"},
-        "encoder_hidden_states": {0: "N"},
-        LEVEL_INPUTS[mode]: {0: "N", 1: "L"},
-        "level_mask": {0: "N", 1: "L"},
-        "noise_pred": {0: "N", 2: "h", 3: "w"},
-    }
-    processors = unet.attn_processors
+    parameter = next(module.parameters())
+    # A private generator: exporting must not move the caller's global random state.
+    inputs = {name: tensor.to(parameter.device, parameter.dtype if tensor.is_floating_point() else tensor.dtype)
+              for name, tensor in contract.sample_inputs(torch.Generator().manual_seed(0)).items()}
+    return _export(module.eval(), inputs, contract.output_names, contract.dynamic_axes(), destination, opset)
+
+
+def export_graphs(model: Any, family: Family, mode: str, folder: Path,
+                  stage: Callable[[str], None] = lambda name: None) -> dict[str, Path]:
+    """``<folder>/<component>.onnx`` (and its ``.data``) for every component, the UNet in ``mode``."""
+    contracts = family.networks(model.facts, mode)
+    processors = model.unet.attn_processors
     try:
-        return _export(StructuredUNet(unet, mode).eval(), inputs, "noise_pred", dynamic_axes,
-                       folder / f"{name}.onnx", opset, metadata={})
+        modules = family.torch_modules(model, mode)
+        graphs = {}
+        for component in COMPONENTS:
+            stage(f"exporting the {component.replace('_', ' ')}{f' ({mode} mode)' if component == 'unet' else ''} "
+                  "to ONNX")
+            graphs[component] = export_network(modules[component], contracts[component], folder / f"{component}.onnx")
+        return graphs
     finally:
-        unet.set_attn_processor(processors)  # StructuredUNet swapped them; the caller's UNet stays as it was
-
-
-def export_text_encoder(model: StableDiffusionModel, folder: Path, *, opset: int = OPSET,
-                        name: str = "text_encoder") -> Path:
-    """Export the CLIP text encoder: ``input_ids int32 [M,77]`` -> ``text_embeddings [M,77,D]``."""
-    text_encoder = model.text_encoder
-    device = _parameter_like(text_encoder)["device"]
-    vocabulary = text_encoder.config.vocab_size
-    generator = torch.Generator().manual_seed(0)
-    inputs = {"input_ids": torch.randint(0, vocabulary, (2, TEXT_LENGTH), generator=generator,
-                                         dtype=torch.int32).to(device)}
-    dynamic_axes = {"input_ids": {0: "M"}, "text_embeddings": {0: "M"}}
-    return _export(_TextEmbeddings(text_encoder).eval(), inputs, "text_embeddings", dynamic_axes,
-                   folder / f"{name}.onnx", opset, metadata={})
-
-
-def export_vae_decoder(model: StableDiffusionModel, folder: Path, *, opset: int = OPSET,
-                       name: str = "vae_decoder") -> Path:
-    """Export the VAE decoder with latent scaling: ``latent [N,4,h,w]`` -> ``images [N,3,8h,8w]`` in [0, 1]."""
-    vae = model.vae
-    like = _parameter_like(vae)
-    scale = model.vae_scale_factor
-    inputs = {"latent": _example(2, vae.config.latent_channels, 16, 24, like=like,
-                                 generator=torch.Generator().manual_seed(0))}
-    dynamic_axes = {"latent": {0: "N", 2: "h", 3: "w"}, "images": {0: "N", 2: f"{scale}h", 3: f"{scale}w"}}
-    return _export(LatentDecoder(vae).eval(), inputs, "images", dynamic_axes, folder / f"{name}.onnx", opset,
-                   metadata={IMAGE_SCALE_METADATA: str(scale)})
+        model.unet.set_attn_processor(processors)  # the structured UNet swapped them; the model stays as it was
 
 
 def graph_files(graph: Path) -> list[Path]:
@@ -152,8 +90,8 @@ def graph_files(graph: Path) -> list[Path]:
     return [graph, *(graph.parent / location for location in sorted(locations))]
 
 
-def _export(module: nn.Module, inputs: dict[str, torch.Tensor], output: str, dynamic_axes: dict,
-            destination: Path, opset: int, metadata: dict[str, str]) -> Path:
+def _export(module: nn.Module, inputs: dict[str, torch.Tensor], outputs: list[str], dynamic_axes: dict,
+            destination: Path, opset: int) -> Path:
     """Trace, clean, verify and save ``module`` to ``destination`` and its ``.data`` beside it.
 
     Everything is written inside a staging folder next to the destination and renamed into
@@ -174,11 +112,10 @@ def _export(module: nn.Module, inputs: dict[str, torch.Tensor], output: str, dyn
             # the parity tests at untraced shapes are the guard against a frozen size.
             warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
             torch.onnx.export(module, tuple(inputs.values()), str(traced), dynamo=False,
-                              opset_version=opset, input_names=list(inputs), output_names=[output],
+                              opset_version=opset, input_names=list(inputs), output_names=outputs,
                               dynamic_axes=dynamic_axes)
         model = ir.load(traced)
         _clean(model)
-        model.metadata_props.update(metadata)
         staged = staging / destination.name
         ir.save(model, staged, external_data=data_name)
         onnx.shape_inference.infer_shapes_path(str(staged), str(staged), check_type=True, strict_mode=True,

@@ -1,43 +1,22 @@
-"""TensorRT engines from the exported ONNX graphs: optimization profiles, cache keys, the build.
+"""TensorRT engines from the exported ONNX graphs, built through Polygraphy.
 
 Every function that needs TensorRT imports it through ``require_tensorrt()``, so this module
-imports (and its shape arithmetic is tested) on machines without TensorRT or a GPU.
-
-Optimization profiles (SPEC section 5). A ``Profile`` speaks the user's units (prompts per
-call, image side in pixels, levels per prompt); an engine profile gives every input a
-``(min, opt, max)`` shape. ``min``/``max`` are the corners of the user's ranges. TensorRT picks
-its kernels by timing them at ``opt``, and those kernels then serve the whole range, so
-``opt`` is the call we expect most often:
-
-- batch: the smallest batch in the range, since interactive generation is one prompt at a
-  time far more often than not;
-- image side: ``opt_size`` (512, the native resolution of SD 1.x), clamped into the range;
-- levels: the middle of ``1..levels``; a caption has a handful of noun phrases, and the UNet
-  is padded only to the longest prompt of the batch, not to the engine's maximum;
-- text-encoder strings: one call of the smallest batch with every level used, which is each
-  prompt, its phrases and its negative prompt: ``batch * (levels + 1)``, inside the
-  ``1..2 * batch * levels`` range because ``levels + 1 <= 2 * levels``.
+imports (and is unit-tested) on machines without TensorRT or a GPU. The optimization profile
+of each engine comes from the network's contract (``NetworkContract.profile_shapes``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 from pathlib import Path
-from typing import Callable, Mapping, NamedTuple
+from typing import Callable, Mapping
 
 import torch
 
-from ..errors import UserError
-from ..files import atomic_path
-from ..backends import LEVEL_INPUTS
-from ..manifest import SIZE_STEP, Profile
+from sd_struct_rt.contract import ShapeRange
+from sd_struct_rt.errors import UserError
+from sd_struct_rt.files import atomic_path
 
-TOKENS = 77  # CLIP positions, T in the SPEC
-LATENT_CHANNELS = 4
-VAE_SCALE = 8  # image pixels per latent pixel
-DEFAULT_OPT_SIZE = 512
 PRECISIONS = ("fp32", "fp16", "bf16")
 OPTIMIZATION_LEVELS = range(6)  # TensorRT's builder optimization levels
 DEFAULT_OPTIMIZATION_LEVEL = 3  # TensorRT's own default
@@ -45,15 +24,6 @@ TENSORRT_MAJOR = 10
 INSTALL_HINT = "pip install 'sd-struct-rt[tensorrt]'"
 
 Progress = Callable[[str, int, int], None]  # (phase, steps done, steps in the phase)
-
-
-class ShapeRange(NamedTuple):
-    min: tuple[int, ...]
-    opt: tuple[int, ...]
-    max: tuple[int, ...]
-
-
-Shapes = dict[str, ShapeRange]
 
 
 def require_tensorrt():
@@ -86,80 +56,6 @@ def device_description() -> dict[str, str]:
     device = require_cuda()
     major, minor = torch.cuda.get_device_capability(device)
     return {"name": torch.cuda.get_device_name(device), "compute_capability": f"{major}.{minor}"}
-
-
-def _shape_ranges(shapes_at: Callable[..., dict[str, tuple[int, ...]]], *axes: tuple[int, int, int]) -> Shapes:
-    """Evaluate ``shapes_at`` at the min, opt and max of every axis and pair the results up."""
-    low, opt, high = (shapes_at(*point) for point in zip(*axes))
-    return {name: ShapeRange(low[name], opt[name], high[name]) for name in low}
-
-
-def _batch_axis(profile: Profile) -> tuple[int, int, int]:
-    low, high = profile.batch
-    return low, low, high
-
-
-def _latent_side_axis(profile: Profile, opt_size: int) -> tuple[int, int, int]:
-    low, high = profile.size
-    opt = min(max(opt_size // SIZE_STEP * SIZE_STEP, low), high)
-    return low // VAE_SCALE, opt // VAE_SCALE, high // VAE_SCALE
-
-
-def _level_axis(profile: Profile) -> tuple[int, int, int]:
-    return 1, (profile.levels + 2) // 2, profile.levels
-
-
-def unet_shapes(profile: Profile, mode: str, text_width: int, opt_size: int = DEFAULT_OPT_SIZE) -> Shapes:
-    """UNet inputs; classifier-free guidance gives it two rows per prompt."""
-    if mode not in LEVEL_INPUTS:
-        raise ValueError(f"mode must be one of {tuple(LEVEL_INPUTS)}, not {mode!r}")
-    level_input = LEVEL_INPUTS[mode]
-
-    def shapes_at(prompts: int, side: int, levels: int) -> dict[str, tuple[int, ...]]:
-        rows = 2 * prompts
-        return {"sample": (rows, LATENT_CHANNELS, side, side),
-                "timestep": (rows,),
-                "encoder_hidden_states": (rows, TOKENS, text_width),
-                level_input: (rows, levels, TOKENS, text_width),
-                "level_mask": (rows, levels)}
-
-    return _shape_ranges(shapes_at, _batch_axis(profile), _latent_side_axis(profile, opt_size),
-                         _level_axis(profile))
-
-
-def text_encoder_shapes(profile: Profile) -> Shapes:
-    """Text encoder input: every string of one batch (prompts, phrases, negatives) in one call."""
-    low, high = profile.batch
-    strings = (1, low * (profile.levels + 1), 2 * high * profile.levels)
-    return _shape_ranges(lambda count: {"input_ids": (count, TOKENS)}, strings)
-
-
-def vae_decoder_shapes(profile: Profile, opt_size: int = DEFAULT_OPT_SIZE) -> Shapes:
-    """VAE decoder input: the guided latents, one row per prompt."""
-    return _shape_ranges(lambda prompts, side: {"latent": (prompts, LATENT_CHANNELS, side, side)},
-                         _batch_axis(profile), _latent_side_axis(profile, opt_size))
-
-
-def engine_shapes(profile: Profile, mode: str, text_width: int,
-                  opt_size: int = DEFAULT_OPT_SIZE) -> dict[str, Shapes]:
-    """The optimization profile of every engine of a set, by component name (manifest.COMPONENTS)."""
-    return {"text_encoder": text_encoder_shapes(profile),
-            "unet": unet_shapes(profile, mode, text_width, opt_size),
-            "vae_decoder": vae_decoder_shapes(profile, opt_size)}
-
-
-def engine_cache_key(onnx_sha256: str, precision: str, shapes: Mapping[str, ShapeRange], tensorrt_version: str,
-                     compute_capability: str, optimization_level: int) -> str:
-    """A stable hex digest of everything that changes the engine TensorRT builds.
-
-    ``shapes`` (the engine's optimization profile) stands for the user's ``Profile``: it is
-    derived from it and also captures the ``opt`` choice and the mode's input names.
-    """
-    fields = {"onnx_sha256": onnx_sha256, "precision": precision,
-              "shapes": {name: [list(shape) for shape in triple] for name, triple in shapes.items()},
-              "tensorrt_version": tensorrt_version, "compute_capability": compute_capability,
-              "optimization_level": optimization_level}
-    return hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def make_progress_monitor(trt, progress: Progress | None):

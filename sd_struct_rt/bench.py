@@ -1,19 +1,23 @@
 """``sdrt bench``: per-stage latency, throughput against batch size, and A/B ratios.
 
-Every ratio comes from one interleaved run (``benchmark.interleaved``): plain vs structured
-on the same engine, structured vs the official per-level loop, backend vs backend.
+Every ratio comes from one interleaved run (``timing.interleaved``): plain vs structured on the
+same engine, structured vs the official per-level loop, backend vs backend. Inputs come from
+the UNet's contract, so every backend is fed exactly what it declares.
 """
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .benchmark import interleaved, machine_description, ratio
-from .runtime import Runtime
+from .conditioning import Conditioning
+from .pipeline import StructuredDiffusionPipeline
+from .timing import interleaved, machine_description, ratio
 
 
 @dataclass
@@ -26,63 +30,73 @@ class BenchSettings:
     prompt: str = "a red car and a white sheep on a green hill"
 
 
-def _unet_inputs(runtime: Runtime, levels: int, side: int, generator: torch.Generator):
-    """One prompt with classifier-free guidance: two rows, ``levels`` random levels."""
-    latent, width = side // runtime.vae_scale_factor, runtime.text_width
-    return (torch.randn(2, 4, latent, latent, generator=generator), torch.full((2,), 500),
-            torch.randn(2, 77, width, generator=generator),
-            torch.randn(2, levels, 77, width, generator=generator), torch.ones(2, levels))
+def cached_engine_set(model_ref: str, backend: str, mode: str) -> Path:
+    """An engine set for ``model_ref`` in the cache, built on first use (benchmarks need one)."""
+    from . import __version__
+    from .contract import Profile
+    from .errors import UserError
+    from .export.build import build_engine_set
+    from .manifest import read_manifest, verify_files
+    from .model import model_facts, resolve_model_folder
+    from .paths import cache_dir
+
+    key = hashlib.sha256(f"{resolve_model_folder(model_ref).resolve()}|{__version__}".encode()).hexdigest()[:12]
+    folder = cache_dir() / "engines" / f"{key}-{backend}-{mode}"
+    try:
+        verify_files(read_manifest(folder), folder)
+    except UserError:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        build_engine_set(model_ref, backend, mode, Profile(size=(64, model_facts(model_ref).default_size)), None,
+                         folder)
+    return folder
 
 
-def _render(runtime: Runtime, prompts: list, sampling) -> torch.Tensor:
-    from .generate import render
+def unet_call(pipe: StructuredDiffusionPipeline, levels: int,
+              generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, Conditioning]:
+    """One prompt with classifier-free guidance at the model's size: two rows, ``levels`` real levels each."""
+    facts = pipe.facts
+    side = facts.default_size // facts.vae_scale_factor
+    context = torch.randn(2, facts.tokens, facts.text_width, generator=generator)
+    return (torch.randn(2, facts.latent_channels, side, side, generator=generator), torch.full((2,), 500),
+            Conditioning(context, torch.randn(2, levels, facts.tokens, facts.text_width, generator=generator),
+                         torch.ones(2, levels)))
 
-    return render(prompts, [""] * len(prompts), list(range(len(prompts))), runtime.backends, runtime.tokenizer,
-                  runtime.scheduler, runtime.vae_scale_factor, sampling, "values")
 
-
-def stage_latencies(runtime: Runtime, parser, settings: BenchSettings, side: int) -> dict[str, dict]:
+def stage_latencies(pipe: StructuredDiffusionPipeline, parser, settings: BenchSettings) -> dict[str, dict]:
     """Median latency of each pipeline stage for one prompt, and of the whole generation."""
-    from .conditioning import build_conditioning
-    from .pipeline import SamplingSettings, decode, initial_latents
-    from .structure import analyse
-
-    structured = analyse(settings.prompt, parser, runtime.tokenizer)
-    sampling = SamplingSettings(steps=settings.steps, width=side, height=side)
-    conditioning = build_conditioning(runtime.backends.text_encoder, runtime.tokenizer, [structured], [""],
-                                      "values")
-    latents = initial_latents([0], side, side, runtime.vae_scale_factor)
-    model_input = torch.cat([latents, latents])
+    side = pipe.default_size
+    request = pipe.check_inputs(settings.prompt, num_inference_steps=settings.steps, width=side, height=side,
+                                parser=parser)
+    structured = pipe.structure(request)
+    conditioning = pipe.condition(structured, request)
+    latents = pipe.initial_latents(request)
+    model_input, timestep = torch.cat([latents, latents]), torch.full((2,), 500)
     candidates = {
-        "parse": lambda: analyse(settings.prompt, parser, runtime.tokenizer),
-        "text_encode": lambda: build_conditioning(runtime.backends.text_encoder, runtime.tokenizer,
-                                                  [structured], [""], "values"),
-        "unet_step": lambda: runtime.backends.unet(model_input, torch.full((2,), 500),
-                                                   conditioning.encoder_hidden_states, conditioning.level_states,
-                                                   conditioning.level_mask),
-        "vae": lambda: decode(runtime.backends.vae, latents),
+        "parse": lambda: pipe.structure(request),
+        "text_encode": lambda: pipe.condition(structured, request),
+        "unet_step": lambda: pipe.predict_noise(model_input, timestep, conditioning, "values"),
+        "vae": lambda: pipe.decode(latents),
     }
     timings = interleaved(candidates, warmup=settings.warmup, rounds=settings.rounds)
     result = {name: timing.as_dict() for name, timing in timings.items()}
-    end = interleaved({"end_to_end": lambda: _render(runtime, [analyse(settings.prompt, parser, runtime.tokenizer)],
-                                                     sampling)},
+    end = interleaved({"end_to_end": lambda: pipe(settings.prompt, num_inference_steps=settings.steps, width=side,
+                                                  height=side, parser=parser)},
                       warmup=1, rounds=max(3, settings.rounds // 5))
-    result["end_to_end"] = end["end_to_end"].as_dict() | {"steps": settings.steps, "levels": len(structured.spans) + 1}
+    result["end_to_end"] = end["end_to_end"].as_dict() | {"steps": settings.steps,
+                                                          "levels": len(structured[0].spans) + 1}
     return result
 
 
-def throughput(runtime: Runtime, parser, settings: BenchSettings, side: int) -> list[dict]:
+def throughput(pipe: StructuredDiffusionPipeline, parser, settings: BenchSettings) -> list[dict]:
     """Images per second of whole generations against the batch size."""
-    from .pipeline import SamplingSettings
-    from .structure import analyse
-
-    sampling = SamplingSettings(steps=settings.steps, width=side, height=side)
-    limit = runtime.manifest.profile.batch[1] if runtime.manifest else max(settings.batch_sizes)
-    structured = analyse(settings.prompt, parser, runtime.tokenizer)
+    side = pipe.default_size
+    limit = pipe.engine_set.manifest.profile.batch[1] if pipe.engine_set else max(settings.batch_sizes)
+    structured = pipe.structure(pipe.check_inputs(settings.prompt, parser=parser))[0]
     rows = []
     for batch in [size for size in settings.batch_sizes if size <= limit]:
-        timing = interleaved({"run": lambda: _render(runtime, [structured] * batch, sampling)},
-                             warmup=1, rounds=3)["run"]
+        def run(batch=batch):
+            pipe([structured] * batch, num_inference_steps=settings.steps, width=side, height=side, parser=parser)
+        timing = interleaved({"run": run}, warmup=1, rounds=3)["run"]
         rows.append({"batch": batch, "images_per_second": round(batch / (timing.median_ms / 1e3), 3),
                      "median_ms": round(timing.median_ms, 1)})
     return rows
@@ -90,36 +104,34 @@ def throughput(runtime: Runtime, parser, settings: BenchSettings, side: int) -> 
 
 def run_bench(model_ref: str, backend: str, engine: Path | None, settings: BenchSettings, parser) -> dict:
     """The whole benchmark as one JSON-ready object."""
-    import copy
-
-    from .baselines import LevelLoopUNet
-    from .benchmark import cached_engine_set
-    from .model import load_model
-    from .runtime import engine_runtime, torch_runtime
+    from .level_loop import LevelLoopUNet
 
     generator = torch.Generator().manual_seed(0)
-    reference = torch_runtime(model_ref, "values")
+    reference = StructuredDiffusionPipeline.from_pretrained(model_ref)
     if backend == "torch":
-        runtime, keys_runtime = reference, torch_runtime(model_ref, "keys")
+        pipe, keys_pipe = reference, reference
     else:
-        runtime = engine_runtime(engine or cached_engine_set(model_ref, backend, "values"), "values")
-        keys_runtime = engine_runtime(cached_engine_set(model_ref, backend, "keys"), "keys") if engine is None else None
-    side = runtime.default_size
-    sample, timestep, context, stacked, mask = _unet_inputs(runtime, settings.levels, side, generator)
-    unet = runtime.backends.unet
+        pipe = StructuredDiffusionPipeline.from_engines(engine or cached_engine_set(model_ref, backend, "values"))
+        keys_pipe = (StructuredDiffusionPipeline.from_engines(cached_engine_set(model_ref, backend, "keys"))
+                     if engine is None else None)
+    sample, timestep, conditioning = unet_call(pipe, settings.levels, generator)
+    plain = Conditioning(conditioning.encoder_hidden_states, conditioning.encoder_hidden_states[:, None],
+                         torch.ones(2, 1))  # one level, the full prompt: plain SD (SPEC P1)
     candidates = {
-        "plain": lambda: unet(sample, timestep, context, context[:, None], torch.ones(2, 1)),
-        "structured": lambda: unet(sample, timestep, context, stacked, mask),
+        "plain": lambda: pipe.predict_noise(sample, timestep, plain, "values"),
+        "structured": lambda: pipe.predict_noise(sample, timestep, conditioning, "values"),
     }
-    if keys_runtime is not None:
-        candidates["keys"] = lambda: keys_runtime.backends.unet(sample, timestep, context, stacked, mask)
+    if keys_pipe is not None:
+        candidates["keys"] = lambda: keys_pipe.predict_noise(sample, timestep, conditioning, "keys")
     if backend != "torch":
-        candidates["torch_structured"] = lambda: reference.backends.unet(sample, timestep, context, stacked, mask)
-    naive = LevelLoopUNet(copy.deepcopy(load_model(model_ref).unet), "values")
+        candidates["torch_structured"] = lambda: reference.predict_noise(sample, timestep, conditioning, "values")
+    # The official loop over the reference's own UNet weights (a copy: it installs its own processors).
+    naive = LevelLoopUNet(copy.deepcopy(reference.networks.unets["values"].module.unet), "values")
 
     def naive_call():
         with torch.inference_mode():
-            naive(sample, timestep, context, stacked, mask)
+            naive(sample, timestep, conditioning.encoder_hidden_states, conditioning.level_states,
+                  conditioning.level_mask)
 
     candidates["naive_torch"] = naive_call
     timings = interleaved(candidates, warmup=settings.warmup, rounds=settings.rounds)
@@ -133,13 +145,13 @@ def run_bench(model_ref: str, backend: str, engine: Path | None, settings: Bench
         ratios["naive_torch_over_structured"] = ratio(timings, "naive_torch", "structured")
     return {
         "model": model_ref,
-        "backend": runtime.backends.name,
-        "image_size": side,
+        "backend": pipe.backend,
+        "image_size": pipe.default_size,
         "levels": settings.levels,
         "machine": machine_description(),
         "unet_call": {name: timing.as_dict() for name, timing in timings.items()},
         "ratios": {name: round(value, 4) for name, value in ratios.items()},
-        "stages": stage_latencies(runtime, parser, settings, side),
-        "throughput": throughput(runtime, parser, settings, side),
+        "stages": stage_latencies(pipe, parser, settings),
+        "throughput": throughput(pipe, parser, settings),
         "date": time.strftime("%Y-%m-%d"),
     }

@@ -9,20 +9,27 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
-from .backends import TextEncoder
 from .structure.spans import PhraseSpan, StructuredPrompt, StructureWarning
 from .text import token_ids
 
 MODES = ("values", "keys", "plain")
 DEFAULT_MAX_LEVELS = 8
+TextEncoder = Callable[[torch.Tensor], torch.Tensor]  # [M, T] token ids -> [M, T, D] embeddings
 
 
 @dataclass
 class Conditioning:
-    encoder_hidden_states: torch.Tensor  # [N, T, D]
+    """What the UNet reads besides latents and timesteps, with the names of SPEC 5.
+
+    ``level_states`` are the stacked levels; the UNet engine takes them under the name of the
+    role they play, ``value_states`` or ``key_states`` (the family maps them).
+    """
+
+    encoder_hidden_states: torch.Tensor  # [N, T, D]: keys in values mode, the value context in keys mode
     level_states: torch.Tensor  # [N, L, T, D]
     level_mask: torch.Tensor  # [N, L], float 1/0
 
@@ -60,7 +67,7 @@ def build_conditioning(encoder: TextEncoder, tokenizer, prompts: list[Structured
                        max_levels: int = DEFAULT_MAX_LEVELS) -> Conditioning:
     """Encode every string of the batch in one text-encoder call and stack the levels."""
     if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}")
+        raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
     spans = [() if mode == "plain" else capped_spans(p, max_levels) for p in prompts]
     texts = list(negative_prompts) + [p.prompt for p in prompts]
     texts += [span.text for row in spans for span in row]

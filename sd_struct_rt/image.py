@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Mapping
 
 import torch
 from PIL import Image
@@ -11,12 +12,16 @@ from PIL.PngImagePlugin import PngInfo
 from .files import atomic_path
 
 
-def save_png(image: torch.Tensor, path: Path, metadata: dict[str, str]) -> None:
-    """Write one ``[3, H, W]`` uint8 image; ``metadata`` becomes PNG text chunks."""
+def to_pil(image: torch.Tensor) -> Image.Image:
+    """One ``[3, H, W]`` uint8 tensor as a PIL image."""
+    return Image.fromarray(image.permute(1, 2, 0).contiguous().numpy())
+
+
+def save_png(picture: Image.Image, path: Path, metadata: Mapping[str, str]) -> None:
+    """Write ``picture`` with ``metadata`` as PNG text chunks; the file appears only when complete."""
     info = PngInfo()
     for key, value in metadata.items():
         info.add_itxt(key, str(value))
-    picture = Image.fromarray(image.permute(1, 2, 0).contiguous().numpy())
     with atomic_path(path) as temporary:
         picture.save(temporary, format="PNG", pnginfo=info)
 

@@ -1,56 +1,351 @@
-"""The denoising loop around interchangeable backends: conditioning -> latents -> images."""
+"""``StructuredDiffusionPipeline``: the public API, over the torch reference or a built engine set.
+
+    from sd_struct_rt import StructuredDiffusionPipeline
+
+    pipe = StructuredDiffusionPipeline.from_pretrained("tiny")         # torch; a folder or hub id too
+    pipe = StructuredDiffusionPipeline.from_engines("engines/tiny")    # a set from sdrt build-engine
+    out = pipe("a red car and a white sheep", seed=7, num_inference_steps=30)
+    out.save(0, "car.png")                                              # PNG with its metadata
+
+``__call__`` runs six named stages, each a method of its own so that callers (``sdrt bench``)
+can time them: 1. check every input, engine profile included, before any compute;
+2. structure; 3. conditioning; 4. latents; 5. denoise; 6. decode. Bad input raises
+``InputError`` (a ``ValueError``) whose message is one line naming the parameter.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Iterable
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
 
 import torch
+from PIL import Image
 
-from .backends import UNet, VAEDecoder
-from .conditioning import Conditioning
+from . import __version__, inputs
+from .backends import Networks, OpenOptions
+from .conditioning import DEFAULT_MAX_LEVELS, MODES, Conditioning, build_conditioning
+from .contract import ModelFacts
+from .errors import InputError, UserError
+from .families import Family
+from .image import save_png, to_pil
+from .manifest import Manifest
+from .sampling import Progress, denoise, initial_latents, to_uint8
+from .structure import analyse
+from .structure.parsers import PARSERS, Parser, make_parser
+from .structure.spans import StructuredPrompt
+from .text import preprocess
 
-LATENT_CHANNELS = 4
+MAX_LEVELS = 64
+PromptInput = str | StructuredPrompt | Sequence[str | StructuredPrompt]
+
+
+@dataclass
+class PipelineOutput:
+    """The images of one call, in prompt order, and the metadata each one's PNG records."""
+
+    images: list[Image.Image]
+    metadata: list[dict[str, str]]
+
+    def save(self, index: int, path: str | Path) -> Path:
+        """Write image ``index`` as a PNG with its metadata; the file appears only when complete."""
+        path = Path(path)
+        save_png(self.images[index], path, self.metadata[index])
+        return path
 
 
 @dataclass(frozen=True)
-class SamplingSettings:
-    steps: int = 50
-    guidance: float = 7.5
-    width: int = 512
-    height: int = 512
+class Request:
+    """Every input of one call, checked and completed with its defaults (stage 1's result)."""
+
+    prompts: tuple[str | StructuredPrompt, ...]
+    negative_prompts: tuple[str, ...]
+    seeds: tuple[int, ...]
+    steps: int
+    guidance_scale: float
+    width: int
+    height: int
+    mode: str
+    parser: Parser | None  # None: plain, no structure
+    max_levels: int
 
 
-def initial_latents(seeds: list[int], height: int, width: int, vae_scale_factor: int) -> torch.Tensor:
-    """One CPU generator per prompt, so a prompt's noise does not depend on its batch."""
-    shape = (1, LATENT_CHANNELS, height // vae_scale_factor, width // vae_scale_factor)
-    return torch.cat([torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed))
-                      for seed in seeds])
+@dataclass(frozen=True)
+class EngineSet:
+    folder: Path
+    manifest: Manifest
 
 
-def denoise(unet: UNet, scheduler, conditioning: Conditioning, latents: torch.Tensor,
-            settings: SamplingSettings,
-            progress: Callable[[Iterable], Iterable] = lambda steps: steps) -> torch.Tensor:
-    """Classifier-free guided sampling; ``conditioning`` holds unconditional rows, then conditional."""
-    # A fresh scheduler per loop: multistep schedulers (PNDM) carry state from call to call.
-    scheduler = type(scheduler).from_config(scheduler.config)
-    scheduler.set_timesteps(settings.steps)
-    latents = latents * scheduler.init_noise_sigma
-    batch = latents.shape[0]
-    for t in progress(scheduler.timesteps):
-        model_input = scheduler.scale_model_input(torch.cat([latents, latents]), t)
-        timestep = torch.full((2 * batch,), int(t), dtype=torch.int64)
-        noise = unet(model_input, timestep, conditioning.encoder_hidden_states,
-                     conditioning.level_states, conditioning.level_mask)
-        # The scheduler keeps the latents on the CPU in float32; a GPU backend's prediction
-        # comes back per step (64x64x4 values for SD at 512 px: negligible next to the UNet).
-        unconditional, conditional = noise.to("cpu", torch.float32).chunk(2)
-        guided = unconditional + settings.guidance * (conditional - unconditional)
-        latents = scheduler.step(guided, t, latents, return_dict=False)[0]
-    return latents
+@dataclass
+class StructuredDiffusionPipeline:
+    networks: Networks
+    tokenizer: Any
+    scheduler: Any
+    family: Family
+    facts: ModelFacts
+    model_id: str
+    engine_set: EngineSet | None = None
+    _parsers: dict[str, Parser] = field(default_factory=dict, repr=False)
+
+    # --- construction -------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(cls, model: str = "tiny", *, device: str = "auto",
+                        precision: str = "fp32") -> "StructuredDiffusionPipeline":
+        """The torch reference over ``model``: ``tiny``, a diffusers-format folder or a hub id.
+
+        ``device`` is ``auto`` (CUDA when there is a GPU), ``cpu`` or ``cuda``; ``precision``
+        is ``fp32``, or ``fp16`` on CUDA.
+        """
+        from .backends import entry
+        from .families import family_named
+        from .model import load_model
+
+        loaded = load_model(model)
+        family = family_named(loaded.facts.family)
+        networks = entry("torch").load().open_model(loaded, family, device, precision)
+        return cls(networks, loaded.tokenizer, loaded.scheduler, family, loaded.facts, loaded.model_id)
+
+    @classmethod
+    def from_engines(cls, folder: str | Path, *, model: str | None = None, backend: str | None = None,
+                     device: str = "auto", cuda_graphs: bool = False) -> "StructuredDiffusionPipeline":
+        """A built engine set, after its manifest and every file's hash check out.
+
+        ``model`` and ``backend``, when given, are what the set must have been built from and
+        for; ``cuda_graphs`` replays TensorRT engines from CUDA graphs.
+        """
+        from transformers import CLIPTokenizer
+
+        from .backends import engine_backend
+        from .families import family_named
+        from .manifest import expect, read_manifest, rebuild_command, verify_files
+
+        folder = Path(folder)
+        manifest = read_manifest(folder)
+        if model is not None:
+            expect(manifest, folder, model_id=model)
+        if backend is not None and backend != manifest.backend:
+            raise UserError(f"{folder} holds {manifest.backend} engines, not {backend}; rebuild with: "
+                            f"{rebuild_command(manifest, folder, backend=backend)}")
+        verify_files(manifest, folder)
+        family = family_named(manifest.model_facts.family)
+        files = {component: folder / name for component, name in manifest.engine_files.items()}
+        networks = engine_backend(manifest.backend).open(
+            files, family.networks(manifest.model_facts, manifest.mode), manifest.mode,
+            OpenOptions(device=device, cuda_graphs=cuda_graphs))
+        networks.precision = manifest.precision
+        return cls(networks, CLIPTokenizer.from_pretrained(folder / "tokenizer"), _scheduler_of(folder), family,
+                   manifest.model_facts, manifest.model_id, EngineSet(folder, manifest))
+
+    # --- what it offers ----------------------------------------------------------------------
+
+    @property
+    def backend(self) -> str:
+        """The backend as PNG metadata names it: ``torch-cpu``, ``onnxruntime-cpu``, ``tensorrt``."""
+        return self.networks.label
+
+    @property
+    def default_size(self) -> int:
+        return self.facts.default_size
+
+    @property
+    def max_levels(self) -> int:
+        """Most levels per prompt, the full prompt included: the engine profile's, or ``MAX_LEVELS``."""
+        return self.engine_set.manifest.profile.levels if self.engine_set else MAX_LEVELS
+
+    def __call__(self, prompt: PromptInput, *, seed: int | Sequence[int] = 0,
+                 num_inference_steps: int = 50, guidance_scale: float = 7.5,
+                 negative_prompt: str | Sequence[str] = "", width: int | None = None, height: int | None = None,
+                 mode: str = "values", parser: str | Parser | None = None, phrases: Sequence[str] | None = None,
+                 trees: Sequence[str] | None = None, max_levels: int = DEFAULT_MAX_LEVELS,
+                 progress: Progress | None = None) -> PipelineOutput:
+        """Generate one image per prompt; a list of prompts is one batch, one denoising loop.
+
+        A prompt may also be a ``StructuredPrompt`` that ``structure`` (or ``sd_struct_rt.structure.
+        analyse``) made earlier: its phrases are used as they are, and ``parser`` only names them.
+
+        ``seed``: an int (prompt ``i`` gets ``seed + i``) or one per prompt. ``mode``: ``values``
+        (the paper's default), ``keys`` (its conjunction mode) or ``plain`` (ordinary SD).
+        ``parser``: ``spacy``, ``stanza``, ``tree`` or a parser object; by default ``tree`` when
+        ``phrases`` or ``trees`` (bracketed, one per sentence) are given, else ``spacy``.
+        ``max_levels`` caps the levels per prompt, the full prompt included; extra phrases
+        are dropped with a warning. ``progress`` wraps the iterable of denoising steps.
+        """
+        # 1. check every input before any compute
+        request = self.check_inputs(prompt, seed=seed, num_inference_steps=num_inference_steps,
+                                    guidance_scale=guidance_scale, negative_prompt=negative_prompt, width=width,
+                                    height=height, mode=mode, parser=parser, phrases=phrases, trees=trees,
+                                    max_levels=max_levels)
+        # 2. structure: prompt -> noun-phrase token spans
+        structured = self.structure(request)
+        # 3. conditioning: keys, stacked levels, level mask
+        conditioning = self.condition(structured, request)
+        # 4. latents from one seeded CPU generator per prompt
+        latents = self.initial_latents(request)
+        # 5. denoise
+        latents = self.denoise(conditioning, latents, request, progress)
+        # 6. decode
+        images = self.decode(latents)
+        metadata = [self.metadata(request, prompt, request.negative_prompts[i], request.seeds[i])
+                    for i, prompt in enumerate(structured)]
+        return PipelineOutput([to_pil(image) for image in images], metadata)
+
+    # --- 1. inputs ---------------------------------------------------------------------------
+
+    def check_inputs(self, prompt: PromptInput, *, seed: int | Sequence[int] = 0,
+                     num_inference_steps: int = 50, guidance_scale: float = 7.5,
+                     negative_prompt: str | Sequence[str] = "", width: int | None = None,
+                     height: int | None = None, mode: str = "values", parser: str | Parser | None = None,
+                     phrases: Sequence[str] | None = None, trees: Sequence[str] | None = None,
+                     max_levels: int = DEFAULT_MAX_LEVELS) -> Request:
+        """Check every input (cheap: no parsing, no network) and fill in the defaults."""
+        single = isinstance(prompt, (str, StructuredPrompt))
+        prompts = _texts(prompt, "prompt", StructuredPrompt)
+        if not prompts:
+            raise InputError("prompt is an empty list; give at least one prompt")
+        for index, text in enumerate(prompts):
+            if not preprocess(text.prompt if isinstance(text, StructuredPrompt) else text):
+                raise InputError(f"{'the prompt' if single else f'prompt {index}'} is empty; say what to draw")
+        negatives = _texts(negative_prompt, "negative_prompt")
+        if isinstance(negative_prompt, str):
+            negatives = negatives * len(prompts)
+        elif len(negatives) != len(prompts):
+            raise InputError(f"negative_prompt has {len(negatives)} entries for {len(prompts)} prompts; "
+                             "give one per prompt or a single string")
+        seeds = self._seeds(seed, len(prompts))
+        if mode not in MODES:
+            raise InputError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+        self._unet_for(mode)
+        width = self.default_size if width is None else inputs.image_side(width, "width")
+        height = self.default_size if height is None else inputs.image_side(height, "height")
+        request = Request(prompts=tuple(prompts), negative_prompts=tuple(negatives), seeds=seeds,
+                          steps=inputs.steps(num_inference_steps), guidance_scale=inputs.guidance(guidance_scale),
+                          width=width, height=height, mode=mode,
+                          parser=None if mode == "plain" else self._parser(parser, phrases, trees),
+                          max_levels=min(inputs.whole_number(max_levels, "max_levels", 1, MAX_LEVELS),
+                                         self.max_levels))
+        self.check_engine_profile(request)
+        return request
+
+    def check_engine_profile(self, request: Request) -> None:
+        """Refuse a batch or size the engine set was not built for, with the rebuild that fits it."""
+        if self.engine_set is None:
+            return
+        from .manifest import rebuild_command
+
+        profile, step = self.engine_set.manifest.profile, self.facts.size_step
+        batch = len(request.prompts)
+        wider = profile.widened(batch, request.width, request.height, step)
+        profile.check(batch, request.width, request.height, step,
+                      rebuild=rebuild_command(self.engine_set.manifest, self.engine_set.folder, **wider))
+
+    def _seeds(self, seed: int | Sequence[int], count: int) -> tuple[int, ...]:
+        if isinstance(seed, (list, tuple)):
+            if len(seed) != count:
+                raise InputError(f"seed has {len(seed)} entries for {count} prompts; give one per prompt or one int")
+            return tuple(inputs.seed(value) for value in seed)
+        first = inputs.seed(seed)
+        if first + count - 1 > inputs.MAX_SEED:
+            raise InputError(f"seed {first} leaves no room for {count} prompts (prompt i gets seed + i)")
+        return tuple(first + index for index in range(count))
+
+    def _parser(self, name: str | Parser | None, phrases: Sequence[str] | None,
+                trees: Sequence[str] | None) -> Parser:
+        phrases, trees = list(phrases or []), list(trees or [])
+        if name is not None and not isinstance(name, str):
+            if phrases or trees:
+                raise InputError("phrases and trees go with parser='tree', not with a parser object")
+            return name
+        name = name or ("tree" if phrases or trees else "spacy")
+        if name not in PARSERS:
+            raise InputError(f"parser must be one of {', '.join(PARSERS)} or a parser object, not {name!r}")
+        if name != "tree":
+            if phrases or trees:
+                raise InputError(f"phrases and trees go with parser='tree', not parser={name!r}")
+            return self._parsers.setdefault(name, make_parser(name))
+        return make_parser("tree", trees, phrases)
+
+    def _unet_for(self, mode: str):
+        """The UNet that serves ``mode``; plain is one level, which either role computes exactly (SPEC P1)."""
+        role = mode if mode != "plain" else next(iter(self.networks.unets))
+        if role in self.networks.unets:
+            return role, self.networks.unets[role]
+        if self.engine_set is not None:
+            from .manifest import expect
+
+            expect(self.engine_set.manifest, self.engine_set.folder, mode=role)
+        raise InputError(f"mode {mode!r} is not served by this pipeline's {self.backend} UNet")
+
+    # --- 2.-6. the stages --------------------------------------------------------------------
+
+    def structure(self, request: Request) -> list[StructuredPrompt]:
+        return [prompt if isinstance(prompt, StructuredPrompt) else analyse(prompt, request.parser, self.tokenizer)
+                for prompt in request.prompts]
+
+    def encode_text(self, input_ids: torch.Tensor) -> torch.Tensor:
+        encoder = self.networks.text_encoder
+        return _only_output(encoder(**{encoder.contract.input_names[0]: input_ids}))
+
+    def condition(self, structured: list[StructuredPrompt], request: Request) -> Conditioning:
+        return build_conditioning(self.encode_text, self.tokenizer, structured, list(request.negative_prompts),
+                                  request.mode, request.max_levels)
+
+    def initial_latents(self, request: Request) -> torch.Tensor:
+        return initial_latents(list(request.seeds), request.height, request.width, self.facts.latent_channels,
+                               self.facts.vae_scale_factor)
+
+    def predict_noise(self, sample: torch.Tensor, timestep: torch.Tensor, conditioning: Conditioning,
+                      mode: str) -> torch.Tensor:
+        """One UNet call on ``2 * prompts`` rows: unconditional rows first, then conditional."""
+        role, unet = self._unet_for(mode)
+        return _only_output(unet(**self.family.unet_inputs(sample, timestep, conditioning, role)))
+
+    def denoise(self, conditioning: Conditioning, latents: torch.Tensor, request: Request,
+                progress: Progress | None = None) -> torch.Tensor:
+        def predict(sample: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+            return self.predict_noise(sample, timestep, conditioning, request.mode)
+        return denoise(predict, self.scheduler, latents, request.steps, request.guidance_scale,
+                       progress or (lambda steps: steps))
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """``[B, 3, H, W]`` uint8 images on the CPU."""
+        vae = self.networks.vae_decoder
+        return to_uint8(_only_output(vae(**{vae.contract.input_names[0]: latents})))
+
+    def metadata(self, request: Request, prompt: StructuredPrompt, negative_prompt: str, seed: int) -> dict[str, str]:
+        return {
+            "prompt": prompt.prompt,
+            "negative_prompt": negative_prompt,
+            "seed": str(seed),
+            "steps": str(request.steps),
+            "guidance": str(request.guidance_scale),
+            "scheduler": type(self.scheduler).__name__,
+            "size": f"{request.width}x{request.height}",
+            "model": self.model_id,
+            "backend": self.backend,
+            "mode": request.mode,
+            "parser": request.parser.name if request.parser else "none",
+            "phrases": json.dumps([{"text": s.text, "span": [s.start, s.end]} for s in prompt.spans]),
+            "sd_struct_rt_version": __version__,
+        }
 
 
-def decode(vae: VAEDecoder, latents: torch.Tensor) -> torch.Tensor:
-    """``[B, 3, H, W]`` uint8 images."""
-    images = vae(latents).to("cpu", torch.float32)
-    return (images * 255).round().clamp(0, 255).to(torch.uint8)
+def _texts(value: Any, name: str, *also: type) -> list:
+    kinds = (str, *also)
+    texts = [value] if isinstance(value, kinds) else value
+    if not isinstance(texts, (list, tuple)) or not all(isinstance(text, kinds) for text in texts):
+        raise InputError(f"{name} must be a string or a list of strings, not {type(value).__name__}")
+    return list(texts)
+
+
+def _only_output(outputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    (output,) = outputs.values()
+    return output
+
+
+def _scheduler_of(folder: Path):
+    import diffusers
+
+    config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    return getattr(diffusers, config["_class_name"]).from_config(config)

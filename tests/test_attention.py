@@ -173,7 +173,7 @@ def test_values_mode_layers_see_one_shared_mean(unet, inputs):
 @pytest.mark.parametrize("mode", ["values", "keys"])
 def test_level_loop_baseline_computes_the_same_function(unet, inputs, mode):
     # The benchmark's "naive" candidate must be the same function, or its timing means nothing.
-    from sd_struct_rt.baselines import LevelLoopUNet
+    from sd_struct_rt.level_loop import LevelLoopUNet
 
     sample, timestep, context, levels = inputs(2, 4)
     mask = torch.tensor([[1.0, 1, 1, 1], [1, 1, 0, 0]])

@@ -7,8 +7,8 @@ import warnings
 import pytest
 import torch
 
-from sd_struct_rt.backends.torch_backend import TorchTextEncoder
 from sd_struct_rt.conditioning import build_conditioning
+from sd_struct_rt.families.sd1 import TextEmbeddings
 from sd_struct_rt.structure.spans import PhraseSpan, StructuredPrompt, StructureWarning
 from sd_struct_rt.text import token_ids
 
@@ -18,8 +18,9 @@ PROMPT = StructuredPrompt("a red car and a white sheep",
 
 class CountingEncoder:
     def __init__(self, model):
-        self.inner, self.calls = TorchTextEncoder(model.text_encoder), 0
+        self.inner, self.calls = TextEmbeddings(model.text_encoder), 0
 
+    @torch.no_grad()
     def __call__(self, input_ids):
         self.calls += 1
         return self.inner(input_ids)
@@ -28,7 +29,8 @@ class CountingEncoder:
 @pytest.fixture
 def encode(tiny):
     def run(texts):
-        return TorchTextEncoder(tiny.text_encoder)(token_ids(tiny.tokenizer, texts))
+        with torch.no_grad():
+            return TextEmbeddings(tiny.text_encoder)(token_ids(tiny.tokenizer, texts))
     return run
 
 

@@ -151,7 +151,7 @@ def test_interrupted_build_leaves_nothing(tmp_path, capsys, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(onnx_export, "export_unet", interrupted)
+    monkeypatch.setattr(onnx_export, "export_network", interrupted)
     out = tmp_path / "set"
     assert main(["build-engine", "--backend", "onnxruntime", "--out", str(out)]) == 130
     assert "interrupted" in capsys.readouterr().err

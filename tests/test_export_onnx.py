@@ -11,10 +11,11 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from sd_struct_rt.backends.onnxruntime_backend import OrtTextEncoder, OrtUNet, OrtVAEDecoder
-from sd_struct_rt.backends.torch_backend import TorchTextEncoder, TorchUNet, TorchVAEDecoder
+from sd_struct_rt.backends.onnxruntime_backend import OrtNetwork
+from sd_struct_rt.backends.torch_backend import TorchNetwork
 from sd_struct_rt.errors import UserError
 from sd_struct_rt.export import graph_checks, onnx_export
+from sd_struct_rt.families.sd1 import FAMILY
 
 from tests.conftest import relative_error
 
@@ -26,63 +27,70 @@ CROSS_ATTENTIONS = 16
 UNET_CASES = [([1], 32, 32), ([1, 3, 2, 4], 24, 40), ([5, 2], 8, 16)]
 
 
+def contract(tiny, component, mode="values"):
+    return FAMILY.networks(tiny.facts, mode)[component]
+
+
+def reference(tiny, component, mode="values"):
+    """The torch network of a component, on a copy of the UNet (the shared tiny keeps its processors)."""
+    model = copy.copy(tiny)
+    model.unet = copy.deepcopy(tiny.unet)
+    module = FAMILY.torch_modules(model, mode)[component]
+    return TorchNetwork(module, contract(tiny, component, mode), torch.device("cpu"), torch.float32)
+
+
+def only(outputs):
+    (output,) = outputs.values()
+    return output
+
+
 @pytest.fixture(scope="module")
 def graphs(tiny, tmp_path_factory):
     folder = tmp_path_factory.mktemp("onnx")
-    return {
-        "values": onnx_export.export_unet(tiny, "values", folder, name="unet_values"),
-        "keys": onnx_export.export_unet(tiny, "keys", folder, name="unet_keys"),
-        "text_encoder": onnx_export.export_text_encoder(tiny, folder),
-        "vae_decoder": onnx_export.export_vae_decoder(tiny, folder),
-    }
+    exported = {mode: onnx_export.export_graphs(tiny, FAMILY, mode, folder / mode) for mode in ("values", "keys")}
+    return {"values": exported["values"]["unet"], "keys": exported["keys"]["unet"],
+            "text_encoder": exported["values"]["text_encoder"], "vae_decoder": exported["values"]["vae_decoder"]}
 
 
-def unet_inputs(levels_per_row: list[int], height: int, width: int, text_width: int,
-                generator: torch.Generator):
-    rows, levels = len(levels_per_row), max(levels_per_row)
-    mask = (torch.arange(levels)[None, :] < torch.tensor(levels_per_row)[:, None]).float()
-    return (torch.randn(rows, 4, height, width, generator=generator),
-            torch.randint(0, 1000, (rows,), generator=generator),
-            torch.randn(rows, 77, text_width, generator=generator),
-            # Padded levels hold random finite values too: only the mask may hide them.
-            torch.randn(rows, levels, 77, text_width, generator=generator),
-            mask)
+def unet_inputs(unet_contract, levels_per_row: list[int], height: int, width: int, generator: torch.Generator):
+    """Named inputs with the given level counts; padded levels hold random finite values too."""
+    sizes = {"N": len(levels_per_row), "L": max(levels_per_row), "h": height, "w": width}
+    inputs = unet_contract.sample_inputs(generator, sizes)
+    inputs["level_mask"] = (torch.arange(sizes["L"])[None, :] < torch.tensor(levels_per_row)[:, None]).float()
+    return inputs
 
 
 @pytest.mark.parametrize("mode", ["values", "keys"])
 def test_unet_matches_torch_reference(tiny, graphs, mode, fresh_generator):
-    onnx_unet = OrtUNet(graphs[mode], device="cpu")
-    reference = TorchUNet(copy.deepcopy(tiny.unet), mode)  # the shared tiny UNet keeps its processors
-    assert onnx_unet.mode == mode
+    onnx_unet = OrtNetwork(graphs[mode], contract(tiny, "unet", mode), device="cpu")
+    expected_network = reference(tiny, "unet", mode)
     for levels_per_row, height, width in UNET_CASES:
-        inputs = unet_inputs(levels_per_row, height, width, tiny.unet.config.cross_attention_dim, fresh_generator)
-        noise_pred = onnx_unet(*inputs)
-        expected = reference(*inputs)
+        inputs = unet_inputs(onnx_unet.contract, levels_per_row, height, width, fresh_generator)
+        noise_pred, expected = only(onnx_unet(**inputs)), only(expected_network(**inputs))
         assert noise_pred.shape == expected.shape == (len(levels_per_row), 4, height, width)
         error = relative_error(noise_pred, expected)
         assert error <= ORT_TOLERANCE, f"{mode} {levels_per_row} {height}x{width}: relative error {error:.2e}"
 
 
 def test_text_encoder_matches_torch_reference(tiny, graphs, fresh_generator):
-    encoder = OrtTextEncoder(graphs["text_encoder"], device="cpu")
-    reference = TorchTextEncoder(tiny.text_encoder)
+    encoder = OrtNetwork(graphs["text_encoder"], contract(tiny, "text_encoder"), device="cpu")
+    expected_network = reference(tiny, "text_encoder")
     for prompts in (1, 3):
-        input_ids = torch.randint(0, tiny.text_encoder.config.vocab_size, (prompts, 77),
-                                  generator=fresh_generator, dtype=torch.int32)
-        embeddings = encoder(input_ids)
+        inputs = encoder.contract.sample_inputs(fresh_generator, {"M": prompts})
+        embeddings = only(encoder(**inputs))
         assert embeddings.shape == (prompts, 77, tiny.text_encoder.config.hidden_size)
-        assert relative_error(embeddings, reference(input_ids)) <= ORT_TOLERANCE
+        assert relative_error(embeddings, only(expected_network(**inputs))) <= ORT_TOLERANCE
 
 
 def test_vae_decoder_matches_torch_reference(tiny, graphs, fresh_generator):
-    decoder = OrtVAEDecoder(graphs["vae_decoder"], device="cpu")
-    reference = TorchVAEDecoder(tiny.vae)
+    decoder = OrtNetwork(graphs["vae_decoder"], contract(tiny, "vae_decoder"), device="cpu")
+    expected_network = reference(tiny, "vae_decoder")
     for rows, height, width in ((1, 32, 32), (2, 24, 40)):
-        latent = torch.randn(rows, 4, height, width, generator=fresh_generator)
-        images = decoder(latent)
+        inputs = decoder.contract.sample_inputs(fresh_generator, {"N": rows, "h": height, "w": width})
+        images = only(decoder(**inputs))
         assert images.shape == (rows, 3, 8 * height, 8 * width)
         assert 0 <= images.min() and images.max() <= 1
-        assert relative_error(images, reference(latent)) <= ORT_TOLERANCE
+        assert relative_error(images, only(expected_network(**inputs))) <= ORT_TOLERANCE
 
 
 def _signature(values) -> list[tuple]:
@@ -112,8 +120,9 @@ def test_graph_inputs_and_outputs_follow_the_engine_contract(tiny, graphs):
 
 def test_graphs_are_saved_with_external_data_and_nothing_else(graphs):
     folder = graphs["values"].parent
-    files = [path for graph in graphs.values() for path in onnx_export.graph_files(graph)]
-    assert {path.name for path in files} == {f"{graph.name}{suffix}" for graph in graphs.values()
+    files = [path for graph in (graphs["values"], graphs["text_encoder"], graphs["vae_decoder"])
+             for path in onnx_export.graph_files(graph)]
+    assert {path.name for path in files} == {f"{name}.onnx{suffix}" for name in ("unet", "text_encoder", "vae_decoder")
                                               for suffix in ("", ".data")}
     assert sorted(path.name for path in folder.iterdir()) == sorted(path.name for path in files)
 
@@ -167,7 +176,12 @@ def test_fusable_attention_check_fails_when_a_node_sits_between_softmax_and_matm
         graph_checks.check_fusable_cross_attention(model)
 
 
-def test_missing_onnxruntime_is_one_user_error(graphs, monkeypatch):
+def test_missing_onnxruntime_is_one_user_error(tiny, graphs, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(UserError, match=r"pip install 'sd-struct-rt\[cpu\]'"):
-        OrtUNet(graphs["values"], device="cpu")
+        OrtNetwork(graphs["values"], contract(tiny, "unet"), device="cpu")
+
+
+def test_a_graph_of_another_mode_is_refused(tiny, graphs):
+    with pytest.raises(UserError, match="value_states.*not.*key_states.*rebuild"):
+        OrtNetwork(graphs["values"], contract(tiny, "unet", "keys"), device="cpu")

@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 from sd_struct_rt.errors import UserError
-from sd_struct_rt.model import check_sd_folder, load_model, materialise_embedded, resolve_model_folder
+from sd_struct_rt.families.sd1 import FAMILY
+from sd_struct_rt.model import load_model, materialise_embedded, resolve_model_folder
 
 
 def test_tokenizer_gives_the_clip_ids(tiny):
@@ -46,7 +47,7 @@ def test_tiny_keeps_the_sd1_topology(tiny):
 def test_folder_without_a_unet_is_refused(tmp_path, tiny):
     (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
     with pytest.raises(UserError, match="missing unet/config.json"):
-        check_sd_folder(tmp_path)
+        FAMILY.check_folder(tmp_path)
 
 
 def test_missing_folder_is_refused(tmp_path):
@@ -56,5 +57,5 @@ def test_missing_folder_is_refused(tmp_path):
 
 def test_hub_id_offline_is_one_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(UserError, match="cannot fetch model 'nobody/no-such-model'.*--model PATH"):
+    with pytest.raises(UserError, match="cannot fetch model 'nobody/no-such-model'.*local diffusers-format folder"):
         resolve_model_folder("nobody/no-such-model")

@@ -15,7 +15,8 @@ from sd_struct_rt.structure.tree import leaf_words, noun_phrase_leaf_ranges, rea
 from sd_struct_rt.text import preprocess
 
 ABC6K = Path(__file__).resolve().parents[2] / "shared" / "ABC-6K.txt"
-NESTED = "(ROOT (NP (NP (DT a) (NN cat)) (PP (IN on) (NP (NP (DT a) (JJ red) (NN mat)) (CC and) (NP (DT a) (NN rug))))))"
+NESTED = ("(ROOT (NP (NP (DT a) (NN cat)) (PP (IN on) (NP (NP (DT a) (JJ red) (NN mat)) (CC and) "
+          "(NP (DT a) (NN rug))))))")
 
 
 def spans_of(result):

@@ -1,4 +1,4 @@
-"""The TensorRT path without TensorRT: profiles, shape checks, cache keys, the missing-TensorRT line.
+"""The TensorRT path without TensorRT: profiles from the contracts, shape checks, the missing-TensorRT line.
 
 The tests at the end build and run a real engine; they skip unless TensorRT 10 and a CUDA GPU
 are present. Their toy UNet (an ONNX graph with the real UNet's inputs and outputs) is checked
@@ -18,20 +18,47 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from sd_struct_rt.backends.tensorrt_backend import (TrtEngine, TrtTextEncoder, TrtUNet, TrtVAEDecoder,
-                                                     check_shapes_against_profile)
+from sd_struct_rt.backends import OpenOptions, engine_backend
+from sd_struct_rt.backends.tensorrt_backend import TrtEngine
+from sd_struct_rt.contract import ModelFacts, Profile, ShapeRange
 from sd_struct_rt.errors import UserError
-from sd_struct_rt.export.tensorrt_build import (ShapeRange, build_engine, device_description, engine_cache_key,
-                                                engine_shapes, make_progress_monitor, require_cuda,
-                                                require_tensorrt, text_encoder_shapes, unet_shapes,
-                                                vae_decoder_shapes)
-from sd_struct_rt.manifest import COMPONENTS, Profile
+from sd_struct_rt.export.tensorrt_build import (build_engine, device_description, make_progress_monitor, require_cuda,
+                                                require_tensorrt)
+from sd_struct_rt.families import COMPONENTS
+from sd_struct_rt.families.sd1 import FAMILY
 
 from tests.conftest import relative_error
 
 WIDTH = 768
 PROFILE = Profile(batch=(1, 3), size=(256, 768), levels=6)
 INSTALL_HINT = "pip install 'sd-struct-rt[tensorrt]'"
+
+
+def facts(text_width=WIDTH, default_size=512):
+    return ModelFacts(family="sd1", text_width=text_width, vocab_size=49408, vae_scale_factor=8,
+                      default_size=default_size, size_step=64)
+
+
+def contracts(mode="values", text_width=WIDTH, default_size=512):
+    return FAMILY.networks(facts(text_width, default_size), mode)
+
+
+def unet_shapes(profile, mode="values", text_width=WIDTH, opt_size=512):
+    return contracts(mode, text_width, opt_size)["unet"].profile_shapes(profile)
+
+
+def text_encoder_shapes(profile):
+    return contracts()["text_encoder"].profile_shapes(profile)
+
+
+def vae_decoder_shapes(profile, opt_size=512):
+    return contracts(default_size=opt_size)["vae_decoder"].profile_shapes(profile)
+
+
+def check_shapes_against_profile(shapes, accepted):
+    """The UNet's, text encoder's or VAE's check, picked by the inputs' names."""
+    component = {"latent": "vae_decoder", "input_ids": "text_encoder"}.get(next(iter(shapes)), "unet")
+    contracts()[component].check_shapes(shapes, accepted)
 
 
 @pytest.fixture
@@ -93,10 +120,11 @@ def test_opt_size_is_the_native_size_clamped_into_the_range(size, opt_size, opt_
     assert vae_decoder_shapes(profile, opt_size)["latent"].opt[2:] == (opt_side, opt_side)
 
 
-@pytest.mark.parametrize("profile", [Profile(), PROFILE, Profile((1, 1), (64, 64), 1), Profile((2, 16), (64, 2048), 64)])
+@pytest.mark.parametrize("profile", [Profile(), PROFILE, Profile((1, 1), (64, 64), 1),
+                                     Profile((2, 16), (64, 2048), 64)])
 def test_opt_lies_between_min_and_max_on_every_axis(profile):
-    for shapes in engine_shapes(profile, "values", WIDTH).values():
-        for low, opt, high in shapes.values():
+    for contract in contracts().values():
+        for low, opt, high in contract.profile_shapes(profile).values():
             assert all(a <= b <= c for a, b, c in zip(low, opt, high))
 
 
@@ -115,8 +143,8 @@ def test_vae_profile_has_one_row_per_prompt():
     assert vae_decoder_shapes(PROFILE) == {"latent": ShapeRange((1, 4, 32, 32), (1, 4, 64, 64), (3, 4, 96, 96))}
 
 
-def test_engine_shapes_name_every_component_of_the_manifest():
-    assert set(engine_shapes(PROFILE, "values", WIDTH)) == set(COMPONENTS)
+def test_every_component_has_a_contract():
+    assert set(contracts()) == set(COMPONENTS)
 
 
 # --- shape checks ----------------------------------------------------------------------------
@@ -184,34 +212,6 @@ def test_missing_inputs_are_a_programming_error():
         check_shapes_against_profile(request, unet_shapes(PROFILE, "values", WIDTH))
 
 
-# --- cache key -------------------------------------------------------------------------------
-
-KEY_INPUTS = {"onnx_sha256": "ab" * 32, "precision": "fp16", "shapes": unet_shapes(PROFILE, "values", WIDTH),
-              "tensorrt_version": "10.3.0", "compute_capability": "8.9", "optimization_level": 3}
-
-
-def test_cache_key_is_stable():
-    key = engine_cache_key(**KEY_INPUTS)
-    reordered = dict(reversed(list(KEY_INPUTS["shapes"].items())))
-    assert key == engine_cache_key(**KEY_INPUTS)
-    assert key == engine_cache_key(**{**KEY_INPUTS, "shapes": reordered})
-    assert len(key) == 64 and int(key, 16) >= 0
-
-
-@pytest.mark.parametrize("field, other", [
-    ("onnx_sha256", "cd" * 32),
-    ("precision", "fp32"),
-    ("shapes", unet_shapes(Profile(batch=(1, 4), size=(256, 768), levels=6), "values", WIDTH)),
-    ("shapes", unet_shapes(PROFILE, "values", WIDTH, opt_size=768)),
-    ("shapes", unet_shapes(PROFILE, "keys", WIDTH)),
-    ("tensorrt_version", "10.4.0"),
-    ("compute_capability", "9.0"),
-    ("optimization_level", 5),
-])
-def test_cache_key_changes_with_every_input(field, other):
-    assert engine_cache_key(**{**KEY_INPUTS, field: other}) != engine_cache_key(**KEY_INPUTS)
-
-
 # --- without TensorRT ------------------------------------------------------------------------
 
 def tensorrt_missing_line() -> str:
@@ -252,13 +252,18 @@ def test_tensorrt_10_is_accepted(fake_tensorrt):
     assert require_tensorrt() is fake_tensorrt
 
 
+def open_set(tmp, cuda_graphs=False):
+    files = {component: tmp / f"{component}.plan" for component in COMPONENTS}
+    return engine_backend("tensorrt").open(files, contracts(), "values", OpenOptions(cuda_graphs=cuda_graphs))
+
+
 @pytest.mark.parametrize("call", [
     lambda tmp: build_engine(tmp / "unet.onnx", tmp / "unet.plan", unet_shapes(PROFILE, "values", WIDTH), "fp16"),
-    lambda tmp: TrtEngine(tmp / "unet.plan"),
-    lambda tmp: TrtUNet(tmp / "unet.plan", "values"),
-    lambda tmp: TrtTextEncoder(tmp / "text_encoder.plan"),
-    lambda tmp: TrtVAEDecoder(tmp / "vae_decoder.plan", cuda_graphs=True),
-], ids=["build_engine", "TrtEngine", "TrtUNet", "TrtTextEncoder", "TrtVAEDecoder"])
+    lambda tmp: TrtEngine(tmp / "unet.plan", contracts()["unet"]),
+    lambda tmp: open_set(tmp),
+    lambda tmp: open_set(tmp, cuda_graphs=True),
+    lambda tmp: engine_backend("tensorrt").version(),
+], ids=["build_engine", "TrtEngine", "open", "open-cuda-graphs", "version"])
 def test_tensorrt_calls_without_tensorrt_give_that_one_line(no_tensorrt, tmp_path, call):
     with pytest.raises(UserError) as caught:
         call(tmp_path)
@@ -269,7 +274,7 @@ def test_tensorrt_calls_without_tensorrt_give_that_one_line(no_tensorrt, tmp_pat
 def test_no_gpu_is_one_line(fake_tensorrt, monkeypatch, tmp_path):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(UserError, match="TensorRT needs an NVIDIA GPU with CUDA") as caught:
-        TrtUNet(tmp_path / "unet.plan")
+        TrtEngine(tmp_path / "unet.plan", contracts()["unet"])
     assert "\n" not in str(caught.value)
     with pytest.raises(UserError, match="NVIDIA GPU"):
         require_cuda()
@@ -294,7 +299,7 @@ def test_build_engine_refuses_bad_requests_before_building(fake_tensorrt, fake_g
 
 def test_engine_file_must_exist(fake_tensorrt, fake_gpu, tmp_path):
     with pytest.raises(UserError, match="does not exist; build it with: sdrt build-engine"):
-        TrtVAEDecoder(tmp_path / "vae_decoder.plan")
+        TrtEngine(tmp_path / "vae_decoder.plan", contracts()["vae_decoder"])
 
 
 # --- build progress --------------------------------------------------------------------------
@@ -416,6 +421,14 @@ needs_tensorrt_gpu = pytest.mark.skipif(
     reason="needs TensorRT 10 (pip install 'sd-struct-rt[tensorrt]') and an NVIDIA GPU with CUDA")
 
 
+def toy_engine(path, mode, cuda_graphs=False):
+    return TrtEngine(path, contracts(mode, TOY_WIDTH, 64)["unet"], cuda_graphs)
+
+
+def named(inputs, level_input="value_states"):
+    return dict(zip(["sample", "timestep", "encoder_hidden_states", level_input, "level_mask"], inputs))
+
+
 @needs_tensorrt_gpu
 @pytest.mark.parametrize("cuda_graphs", [False, True], ids=["eager", "cuda-graphs"])
 def test_toy_unet_engine_matches_its_reference(tmp_path, fresh_generator, cuda_graphs):
@@ -428,7 +441,7 @@ def test_toy_unet_engine_matches_its_reference(tmp_path, fresh_generator, cuda_g
     assert sorted(path.name for path in tmp_path.iterdir()) == ["timing.cache", "unet.onnx", "unet.plan"]
     assert reports
 
-    unet = TrtUNet(tmp_path / "unet.plan", "values", cuda_graphs=cuda_graphs)
+    unet = toy_engine(tmp_path / "unet.plan", "values", cuda_graphs)
     # Largest first, so later, smaller calls must reuse the same buffers; every shape thrice,
     # so a captured graph is replayed on inputs it was not captured with.
     requests = [(2, 16, 16, 3), (1, 8, 8, 2), (1, 8, 12, 1), (2, 16, 16, 3)]  # latent pixels
@@ -436,16 +449,16 @@ def test_toy_unet_engine_matches_its_reference(tmp_path, fresh_generator, cuda_g
     for request in requests:
         for _ in range(3):
             inputs = toy_unet_inputs(fresh_generator, *request)
-            got = unet(*inputs)
+            got = unet(**named(inputs))["noise_pred"]
             assert got.device.type == "cpu" and got.dtype == torch.float32
             assert relative_error(got, toy_unet_reference(*inputs)) <= 1e-5
-            on_gpu = unet(*(tensor.cuda() for tensor in inputs))
+            on_gpu = unet(**named(tensor.cuda() for tensor in inputs))["noise_pred"]
             assert on_gpu.is_cuda and relative_error(on_gpu.cpu(), got) <= 1e-6
-        pointers = {name: buffer.data_ptr() for name, buffer in unet.engine._buffers.items()}
+        pointers = {name: buffer.data_ptr() for name, buffer in unet._buffers.items()}
         assert buffers is None or pointers == buffers
         buffers = pointers
     with pytest.raises(UserError, match="levels 4"):
-        unet(*toy_unet_inputs(fresh_generator, 1, 8, 8, 4))
+        unet(**named(toy_unet_inputs(fresh_generator, 1, 8, 8, 4)))
 
 
 @needs_tensorrt_gpu
@@ -454,6 +467,6 @@ def test_engine_for_the_other_mode_is_refused(tmp_path):
     profile = Profile(batch=(1, 1), size=(64, 64), levels=2)
     build_engine(tmp_path / "unet.onnx", tmp_path / "unet.plan", unet_shapes(profile, "keys", TOY_WIDTH, 64), "fp32",
                  optimization_level=0)
-    assert TrtUNet(tmp_path / "unet.plan", "keys").mode == "keys"
-    with pytest.raises(UserError, match="built for --mode keys, not values"):
-        TrtUNet(tmp_path / "unet.plan", "values")
+    assert "key_states" in toy_engine(tmp_path / "unet.plan", "keys").input_names
+    with pytest.raises(UserError, match="key_states.*not.*value_states.*rebuild"):
+        toy_engine(tmp_path / "unet.plan", "values")

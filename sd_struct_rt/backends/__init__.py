@@ -1,32 +1,159 @@
-"""Interchangeable engines for the three networks of the pipeline.
+"""Backends: who runs the networks, and the one registry of them.
 
-Every backend takes and returns CPU or device ``torch`` tensors with the names and shapes of
-SPEC section 5, so the pipeline and the tests treat them alike.
+Every backend runs each network of a family behind one protocol, ``Network``: named ``torch``
+tensors in (the contract's input names, on any device), a dict of named outputs back. The
+pipeline, ``check-engine`` and ``bench`` therefore treat all backends alike.
+
+Two kinds of backend:
+
+* the **torch reference** opens a loaded model (``ModelBackend.open_model``);
+* an **engine backend** builds an engine set from the exported ONNX graphs
+  (``EngineBackend.build``) and opens a built one (``EngineBackend.open``).
+
+Adding a backend is one module defining ``BACKEND`` and one entry in ``REGISTRY``; the CLI's
+``--backend`` choices, ``auto``, the engine build and the runtime all read the registry.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Protocol
 
 import torch
 
-# SPEC section 5: the UNet's stacked-levels input is named after the role the levels play.
-LEVEL_INPUTS = {"values": "value_states", "keys": "key_states"}
+from ..contract import ModelFacts, NetworkContract, Profile
+from ..errors import UserError
+
+Stage = Callable[[str], None]  # announces the next stage of a long job to the user
 
 
-class TextEncoder(Protocol):
-    def __call__(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """``[M, 77]`` token ids -> ``[M, 77, D]`` last hidden states."""
+class Network(Protocol):
+    contract: NetworkContract
+
+    def __call__(self, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Run on the contract's inputs (any device, cast as needed); outputs stay on the backend's device."""
 
 
-class UNet(Protocol):
-    mode: str  # "values" or "keys": which role the stacked levels play
+@dataclass
+class Networks:
+    """The networks a pipeline runs, all from one backend."""
 
-    def __call__(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
-                 level_states: torch.Tensor, level_mask: torch.Tensor) -> torch.Tensor:
-        """Noise prediction ``[N, 4, h, w]``."""
+    label: str  # what the PNG metadata and messages call the backend: "onnxruntime-cpu", "torch-cuda-fp16"
+    text_encoder: Network
+    unets: Mapping[str, Network]  # by the role the stacked levels play: "values" and/or "keys"
+    vae_decoder: Network
+    precision: str = "fp32"
+
+    def component(self, name: str, mode: str) -> Network:
+        """The network of component ``name`` (``unet``: the one of ``mode``)."""
+        return self.unets[mode] if name == "unet" else getattr(self, name)
 
 
-class VAEDecoder(Protocol):
-    def __call__(self, latent: torch.Tensor) -> torch.Tensor:
-        """Denoised latents ``[N, 4, h, w]`` -> images ``[N, 3, 8h, 8w]`` in ``[0, 1]``."""
+@dataclass(frozen=True)
+class BuildOptions:
+    """Options of an engine build that only some backends read (they say so in ``--help``)."""
+
+    optimization_level: int = 3
+    timing_cache: Path | None = None
+
+
+@dataclass(frozen=True)
+class OpenOptions:
+    device: str = "auto"  # auto, cpu or cuda (ONNX Runtime); TensorRT always runs on CUDA
+    cuda_graphs: bool = False  # TensorRT: replay each engine's run from a CUDA graph
+
+
+class ModelBackend(Protocol):
+    name: str
+    precisions: tuple[str, ...]
+    default_precision: str
+
+    def unavailable_reason(self) -> str | None: ...
+
+    def open_model(self, model: Any, family: Any, device: str, precision: str) -> Networks: ...
+
+
+class EngineBackend(Protocol):
+    name: str
+    title: str  # "ONNX Runtime", for messages
+    precisions: tuple[str, ...]
+    default_precision: str
+    build_stages: int  # stages that build() announces, for the progress bar
+
+    def unavailable_reason(self) -> str | None:
+        """None when the backend can run here, else the one line that says how to get it."""
+
+    def version(self) -> str: ...
+
+    def device_description(self) -> dict[str, str]:
+        """What engines are built for, recorded in the manifest (empty when they are portable)."""
+
+    def build(self, graphs: Mapping[str, Path], contracts: Mapping[str, NetworkContract], profile: Profile,
+              facts: ModelFacts, precision: str, staging: Path, options: BuildOptions, stage: Stage) -> dict[str, str]:
+        """Engines from ONNX graphs, written into ``staging``; returns each component's file name there."""
+
+    def open(self, files: Mapping[str, Path], contracts: Mapping[str, NetworkContract], mode: str,
+             options: OpenOptions) -> Networks: ...
+
+
+@dataclass(frozen=True)
+class BackendEntry:
+    name: str
+    module: str
+    summary: str  # one line for --help
+    builds_engines: bool = True
+
+    def load(self) -> Any:
+        return importlib.import_module(self.module).BACKEND
+
+
+# Engine backends in the order ``auto`` prefers them.
+REGISTRY = (
+    BackendEntry("tensorrt", "sd_struct_rt.backends.tensorrt_backend",
+                 "TensorRT 10 engines on an NVIDIA GPU, built through Polygraphy"),
+    BackendEntry("onnxruntime", "sd_struct_rt.backends.onnxruntime_backend",
+                 "ONNX Runtime on the CPU, or on CUDA with onnxruntime-gpu"),
+    BackendEntry("torch", "sd_struct_rt.backends.torch_backend",
+                 "the torch reference, run from the model folder (CPU, or CUDA in fp32/fp16)", builds_engines=False),
+)
+
+
+def entry(name: str) -> BackendEntry:
+    for candidate in REGISTRY:
+        if candidate.name == name:
+            return candidate
+    raise UserError(f"unknown backend {name!r}; choose one of {', '.join(names())}")
+
+
+def names(builds_engines: bool | None = None) -> list[str]:
+    return [e.name for e in REGISTRY if builds_engines is None or e.builds_engines == builds_engines]
+
+
+def engine_backend(name: str) -> EngineBackend:
+    chosen = entry(name)
+    if not chosen.builds_engines:
+        raise UserError(f"the {name} backend runs a model folder and builds no engines; choose one of "
+                        f"{', '.join(names(builds_engines=True))}")
+    return chosen.load()
+
+
+def best_engine_backend() -> tuple[str, list[str]]:
+    """The first engine backend that runs here, and the preferred ones passed over."""
+    passed_over, reasons = [], []
+    for candidate in REGISTRY:
+        if not candidate.builds_engines:
+            continue
+        reason = candidate.load().unavailable_reason()
+        if reason is None:
+            return candidate.name, passed_over
+        passed_over.append(candidate.name)
+        reasons.append(reason)
+    raise UserError("no engine backend runs here: " + "; ".join(reasons))
+
+
+def require_available(backend: Any) -> None:
+    reason = backend.unavailable_reason()
+    if reason is not None:
+        raise UserError(reason)

@@ -1,5 +1,4 @@
-"""ONNX Runtime backends: the exported graphs (``sd_struct_rt.export.onnx_export``) behind the
-protocols of ``sd_struct_rt.backends``.
+"""ONNX Runtime: the exported graphs themselves are the engines.
 
 Sessions are set up for the latency of one call at a time: all graph optimizations, sequential
 execution, one intra-op thread per physical core. On ``cuda`` the CUDA execution provider
@@ -9,21 +8,22 @@ reads and writes torch CUDA tensors in place through I/O binding (no host round 
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 import torch
 
+from ..contract import ModelFacts, NetworkContract, Profile
 from ..errors import UserError
-from . import LEVEL_INPUTS
+from . import BuildOptions, Networks, OpenOptions, Stage
 
 DEVICES = ("auto", "cpu", "cuda")
-_MODE_OF_LEVEL_INPUT = {name: mode for mode, name in LEVEL_INPUTS.items()}
+INSTALL_HINT = "pip install 'sd-struct-rt[cpu]' (or 'sd-struct-rt[gpu]' for CUDA)"
 # ONNX Runtime's type names -> the torch dtype fed or returned, and the numpy one I/O binding wants.
 _DTYPES = {"tensor(float)": (torch.float32, np.float32), "tensor(float16)": (torch.float16, np.float16),
            "tensor(int64)": (torch.int64, np.int64), "tensor(int32)": (torch.int32, np.int32)}
-# Metadata of the VAE decoder graph: its upscaling, to allocate the images for I/O binding.
-IMAGE_SCALE_METADATA = "sd_struct_rt.image_scale"
 
 
 def require_onnxruntime():
@@ -31,8 +31,7 @@ def require_onnxruntime():
     try:
         import onnxruntime
     except ImportError:
-        raise UserError("ONNX Runtime is not installed; pip install 'sd-struct-rt[cpu]' "
-                        "(or 'sd-struct-rt[gpu]' for CUDA)") from None
+        raise UserError(f"ONNX Runtime is not installed; {INSTALL_HINT}") from None
     return onnxruntime
 
 
@@ -45,12 +44,7 @@ def physical_cores() -> int:
     return psutil.cpu_count(logical=False) or 0
 
 
-def session_options(optimized_model: Path | None = None):
-    """Options for low latency; ``optimized_model`` also saves the optimized graph there.
-
-    A saved optimized graph holds fusions for this machine's provider and CPU: reuse it only
-    here.
-    """
+def session_options():
     ort = require_onnxruntime()
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -59,20 +53,15 @@ def session_options(optimized_model: Path | None = None):
     # Three sessions (text encoder, UNet, VAE) run one after another in a pipeline: threads
     # left spinning after one session's run would steal the cores the next one needs.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if optimized_model is not None:
-        options.optimized_model_filepath = str(optimized_model)
-        # The optimized UNet of a real model is over 2 GB too.
-        options.add_session_config_entry("session.optimized_model_external_initializers_file_name",
-                                         f"{optimized_model.name}.data")
     return options
 
 
-class OrtGraph:
-    """One ONNX Runtime session with torch tensors in and one torch tensor out."""
+class OrtNetwork:
+    """One ONNX Runtime session behind the ``Network`` protocol."""
 
-    def __init__(self, graph: Path, device: str = "auto", optimized_model: Path | None = None):
+    def __init__(self, graph: Path, contract: NetworkContract, device: str = "auto"):
         if device not in DEVICES:
-            raise ValueError(f"device must be one of {DEVICES}, not {device!r}")
+            raise UserError(f"device must be one of {', '.join(DEVICES)}, not {device!r}")
         ort = require_onnxruntime()
         graph = Path(graph)
         if not graph.is_file():
@@ -87,23 +76,25 @@ class OrtGraph:
             providers = [("CUDAExecutionProvider", {"device_id": self.device.index})]
         else:
             providers = ["CPUExecutionProvider"]
-        self.session = ort.InferenceSession(str(graph), session_options(optimized_model), providers=providers)
+        self.session = ort.InferenceSession(str(graph), session_options(), providers=providers)
         if self.device.type == "cuda" and self.session.get_providers()[0] != "CUDAExecutionProvider":
             raise UserError("ONNX Runtime could not start its CUDA provider (CUDA or cuDNN libraries missing "
                             "or mismatched); install the onnxruntime-gpu build that matches your CUDA")
+        self.contract = contract
         self.input_types = {node.name: _DTYPES[node.type] for node in self.session.get_inputs()}
-        output = self.session.get_outputs()[0]
-        self.output_name = output.name
-        self.output_type = _DTYPES[output.type]
-        self.output_shape = output.shape
-        self.metadata = self.session.get_modelmeta().custom_metadata_map
+        self.output_types = {node.name: _DTYPES[node.type] for node in self.session.get_outputs()}
+        if sorted(self.input_types) != sorted(contract.input_names) or \
+                sorted(self.output_types) != sorted(contract.output_names):
+            raise UserError(f"{graph} takes {sorted(self.input_types)} and gives {sorted(self.output_types)}, "
+                            f"not {sorted(contract.input_names)} -> {sorted(contract.output_names)}; "
+                            "rebuild it with: sdrt build-engine")
 
-    def run(self, inputs: dict[str, torch.Tensor], output_shape: tuple[int, ...]) -> torch.Tensor:
-        """Run on ``inputs``, cast to the graph's dtypes; ``output_shape`` is what the graph returns."""
+    def __call__(self, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
         if self.device.type == "cpu":
             feeds = {name: tensor.detach().to("cpu", self.input_types[name][0]).contiguous().numpy()
                      for name, tensor in inputs.items()}
-            return torch.from_numpy(self.session.run([self.output_name], feeds)[0])
+            names = list(self.output_types)
+            return {name: torch.from_numpy(value) for name, value in zip(names, self.session.run(names, feeds))}
         binding = self.session.io_binding()
         # Keep the cast copies alive until the run: the binding holds only raw pointers.
         on_device = {name: tensor.detach().to(self.device, self.input_types[name][0]).contiguous()
@@ -111,54 +102,47 @@ class OrtGraph:
         for name, tensor in on_device.items():
             binding.bind_input(name, "cuda", self.device.index, self.input_types[name][1],
                                tuple(tensor.shape), tensor.data_ptr())
-        torch_dtype, numpy_dtype = self.output_type
-        output = torch.empty(output_shape, dtype=torch_dtype, device=self.device)
-        binding.bind_output(self.output_name, "cuda", self.device.index, numpy_dtype, output_shape,
-                            output.data_ptr())
+        outputs = {}
+        for name, shape in self.contract.output_shapes({n: t.shape for n, t in on_device.items()}).items():
+            torch_dtype, numpy_dtype = self.output_types[name]
+            outputs[name] = torch.empty(shape, dtype=torch_dtype, device=self.device)
+            binding.bind_output(name, "cuda", self.device.index, numpy_dtype, shape, outputs[name].data_ptr())
         # ONNX Runtime computes on its own stream, which does not wait for torch's: the inputs
-        # must be written first. Its run ends with a stream synchronisation, so the output is
+        # must be written first. Its run ends with a stream synchronisation, so the outputs are
         # complete for any torch stream when run_with_iobinding returns.
         torch.cuda.current_stream(self.device).synchronize()
         self.session.run_with_iobinding(binding)
-        return output
+        return outputs
 
 
-class OrtTextEncoder:
-    def __init__(self, graph: Path, device: str = "auto", optimized_model: Path | None = None):
-        self.graph = OrtGraph(graph, device, optimized_model)
-        self.width = self.graph.output_shape[-1]
+class OnnxRuntimeBackend:
+    name = "onnxruntime"
+    title = "ONNX Runtime"
+    precisions = ("fp32",)
+    default_precision = "fp32"
+    build_stages = 0  # the ONNX graphs are what it runs
 
-    def __call__(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.graph.run({"input_ids": input_ids}, (*input_ids.shape, self.width))
+    def unavailable_reason(self) -> str | None:
+        return None if importlib.util.find_spec("onnxruntime") else f"ONNX Runtime is not installed; {INSTALL_HINT}"
+
+    def version(self) -> str:
+        return require_onnxruntime().__version__
+
+    def device_description(self) -> dict[str, str]:
+        return {}
+
+    def build(self, graphs: Mapping[str, Path], contracts: Mapping[str, NetworkContract], profile: Profile,
+              facts: ModelFacts, precision: str, staging: Path, options: BuildOptions, stage: Stage) -> dict[str, str]:
+        return {component: graph.name for component, graph in graphs.items()}
+
+    def open(self, files: Mapping[str, Path], contracts: Mapping[str, NetworkContract], mode: str,
+             options: OpenOptions) -> Networks:
+        if options.cuda_graphs:
+            raise UserError("CUDA graphs are a TensorRT option; ONNX Runtime engines run without them")
+        networks = {name: OrtNetwork(files[name], contracts[name], options.device) for name in files}
+        unet = networks["unet"]
+        return Networks(f"onnxruntime-{unet.device.type}", networks["text_encoder"], {mode: unet},
+                        networks["vae_decoder"])
 
 
-class OrtUNet:
-    """The UNet graph of either mode; ``mode`` is read from its level input's name."""
-
-    def __init__(self, graph: Path, device: str = "auto", optimized_model: Path | None = None):
-        self.graph = OrtGraph(graph, device, optimized_model)
-        levels = [name for name in self.graph.input_types if name in _MODE_OF_LEVEL_INPUT]
-        if len(levels) != 1:
-            raise UserError(f"{graph} is not a structured UNet graph (no value_states or key_states input); "
-                            "export it again")
-        self.level_input = levels[0]
-        self.mode = _MODE_OF_LEVEL_INPUT[self.level_input]
-
-    def __call__(self, sample, timestep, encoder_hidden_states, level_states, level_mask):
-        # The graph takes one timestep per row; a shared scalar step is broadcast to the rows.
-        timestep = timestep.reshape(-1).expand(sample.shape[0])
-        inputs = {"sample": sample, "timestep": timestep, "encoder_hidden_states": encoder_hidden_states,
-                  self.level_input: level_states, "level_mask": level_mask}
-        return self.graph.run(inputs, tuple(sample.shape))
-
-
-class OrtVAEDecoder:
-    def __init__(self, graph: Path, device: str = "auto", optimized_model: Path | None = None):
-        self.graph = OrtGraph(graph, device, optimized_model)
-        if IMAGE_SCALE_METADATA not in self.graph.metadata:
-            raise UserError(f"{graph} does not record its image scale; export it again with sdrt")
-        self.scale = int(self.graph.metadata[IMAGE_SCALE_METADATA])
-
-    def __call__(self, latent: torch.Tensor) -> torch.Tensor:
-        batch, _, height, width = latent.shape
-        return self.graph.run({"latent": latent}, (batch, 3, self.scale * height, self.scale * width))
+BACKEND = OnnxRuntimeBackend()

@@ -1,7 +1,6 @@
 """The TensorRT backend: serialized engines run from torch CUDA memory on a torch CUDA stream.
 
-TensorRT is imported only when an engine is opened, so this module imports anywhere; the
-shape check against an engine's optimization profile is a pure function.
+TensorRT is imported only when an engine is built or opened, so this module imports anywhere.
 
 Inputs may be CPU or CUDA tensors of any dtype; they are copied into buffers the engine owns
 (converting dtype on the way), and outputs come back as float32 on the device of the first
@@ -12,71 +11,21 @@ embeddings, scheduler history) while the next call overwrites the buffers.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from pathlib import Path
-from typing import Mapping, NamedTuple, Sequence
+from typing import Mapping, NamedTuple
 
 import torch
 
+from ..contract import ModelFacts, NetworkContract, Profile, ShapeRange
 from ..errors import UserError
-from . import LEVEL_INPUTS
-from ..export.tensorrt_build import ShapeRange, require_cuda, require_tensorrt
-
-
-class Axis(NamedTuple):
-    name: str
-    unit: str
-
-
-ROWS = Axis("batch", "UNet rows, two per prompt")
-PROMPTS = Axis("batch", "prompts")
-STRINGS = Axis("strings", "texts in one text-encoder call")
-HEIGHT = Axis("height", "latent pixels, image pixels / 8")
-WIDTH = Axis("width", "latent pixels, image pixels / 8")
-LEVELS = Axis("levels", "levels per prompt, the full prompt included")
-CHANNELS = Axis("channels", "latent channels")
-TOKENS = Axis("tokens", "CLIP positions")
-TEXT_WIDTH = Axis("text width", "text-encoder features")
-
-AXES: dict[str, tuple[Axis, ...]] = {
-    "sample": (ROWS, CHANNELS, HEIGHT, WIDTH),
-    "timestep": (ROWS,),
-    "encoder_hidden_states": (ROWS, TOKENS, TEXT_WIDTH),
-    "value_states": (ROWS, LEVELS, TOKENS, TEXT_WIDTH),
-    "key_states": (ROWS, LEVELS, TOKENS, TEXT_WIDTH),
-    "level_mask": (ROWS, LEVELS),
-    "input_ids": (STRINGS, TOKENS),
-    "latent": (PROMPTS, CHANNELS, HEIGHT, WIDTH),
-}
+from ..export.tensorrt_build import (INSTALL_HINT, PRECISIONS, build_engine, device_description, require_cuda,
+                                     require_tensorrt)
+from . import BuildOptions, Networks, OpenOptions, Stage
 
 TORCH_DTYPES = {"FLOAT": torch.float32, "HALF": torch.float16, "BF16": torch.bfloat16,
                 "INT32": torch.int32, "INT64": torch.int64, "BOOL": torch.bool}
-
-
-def check_shapes_against_profile(shapes: Mapping[str, Sequence[int]],
-                                 profile_ranges: Mapping[str, ShapeRange]) -> None:
-    """Refuse, in one line naming each offending dimension, shapes the engine was not built for.
-
-    The same dimension usually appears in several inputs (the batch in all five UNet inputs);
-    it is reported once.
-    """
-    if shapes.keys() != profile_ranges.keys():
-        raise ValueError(f"inputs {sorted(shapes)} do not match the engine's {sorted(profile_ranges)}")
-    problems: dict[str, str] = {}
-    for name, shape in shapes.items():
-        low, _, high = profile_ranges[name]
-        if len(shape) != len(low):
-            problems[name] = f"{name} has {len(shape)} dimensions, the engine takes {len(low)}"
-            continue
-        axes = AXES.get(name) or tuple(Axis(f"{name} axis {index}", "") for index in range(len(low)))
-        for axis, size, least, most in zip(axes, shape, low, high):
-            if least <= size <= most or axis.name in problems:
-                continue
-            allowed = f"must be {least}" if least == most else f"is outside the engine's {least}..{most}"
-            problems[axis.name] = f"{axis.name} {size} {allowed} ({axis.unit}; input {name})"
-    if problems:
-        raise UserError(f"{'; '.join(problems.values())}; the engines were built for other shapes: rebuild "
-                        "them with sdrt build-engine (--batch, --size and --levels set the ranges)")
 
 
 class CapturedRun(NamedTuple):
@@ -96,13 +45,12 @@ class TrtEngine:
     set up at capture, so it is not trusted once the context has been bound to other shapes.
     """
 
-    def __init__(self, path: Path, cuda_graphs: bool = False):
+    def __init__(self, path: Path, contract: NetworkContract, cuda_graphs: bool = False):
         trt = require_tensorrt()
         self.device = require_cuda()
         if not path.is_file():
             raise UserError(f"engine file {path} does not exist; build it with: sdrt build-engine")
-        self.path = path
-        self.cuda_graphs = cuda_graphs
+        self.path, self.contract, self.cuda_graphs = path, contract, cuda_graphs
         logger = trt.Logger(trt.Logger.WARNING)
         trt.init_libnvinfer_plugins(logger, "")
         self._runtime = trt.Runtime(logger)  # must outlive the engine it deserializes
@@ -122,6 +70,11 @@ class TrtEngine:
         self.profile_ranges = {
             name: ShapeRange(*(tuple(shape) for shape in self.engine.get_tensor_profile_shape(name, 0)))
             for name in self.input_names}
+        if sorted(self.input_names) != sorted(contract.input_names) or \
+                sorted(self.output_names) != sorted(contract.output_names):
+            raise UserError(f"{path} takes {sorted(self.input_names)} and gives {sorted(self.output_names)}, "
+                            f"not {sorted(contract.input_names)} -> {sorted(contract.output_names)}; "
+                            "rebuild it with: sdrt build-engine")
         self.stream = torch.cuda.Stream(self.device)  # capture needs a non-default stream
         self._buffers: dict[str, torch.Tensor] = {}
         self._captured: CapturedRun | None = None
@@ -133,15 +86,9 @@ class TrtEngine:
                             "feed; rebuild it with: sdrt build-engine")
         return TORCH_DTYPES[dtype.name]
 
-    def require_io(self, inputs: Sequence[str], outputs: Sequence[str]) -> None:
-        """Refuse an engine whose tensors are not the ones this component exchanges."""
-        if sorted(self.input_names) != sorted(inputs) or sorted(self.output_names) != sorted(outputs):
-            raise UserError(f"{self.path} takes {sorted(self.input_names)} and gives {sorted(self.output_names)}, "
-                            f"not {sorted(inputs)} -> {sorted(outputs)}; rebuild it with: sdrt build-engine")
-
     def __call__(self, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
         shapes = {name: tuple(tensor.shape) for name, tensor in inputs.items()}
-        check_shapes_against_profile(shapes, self.profile_ranges)
+        self.contract.check_shapes(shapes, self.profile_ranges)
         key = tuple(shapes[name] for name in self.input_names)
         caller = torch.cuda.current_stream(self.device)
         self.stream.wait_stream(caller)
@@ -194,38 +141,45 @@ class TrtEngine:
         return graph
 
 
-class TrtTextEncoder:
-    def __init__(self, path: Path, cuda_graphs: bool = False):
-        self.engine = TrtEngine(path, cuda_graphs)
-        self.engine.require_io(["input_ids"], ["text_embeddings"])
+class TensorRTBackend:
+    name = "tensorrt"
+    title = "TensorRT"
+    precisions = PRECISIONS
+    default_precision = "fp16"
+    build_stages = 3  # one engine per component
 
-    def __call__(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.engine(input_ids=input_ids)["text_embeddings"]
+    def unavailable_reason(self) -> str | None:
+        if importlib.util.find_spec("tensorrt") is None:
+            return (f"TensorRT is not installed; install it with: {INSTALL_HINT} "
+                    "(TensorRT needs an NVIDIA GPU with CUDA)")
+        if not torch.cuda.is_available():
+            return "TensorRT needs an NVIDIA GPU with CUDA, and torch sees none"
+        return None
+
+    def version(self) -> str:
+        return require_tensorrt().__version__
+
+    def device_description(self) -> dict[str, str]:
+        return device_description()
+
+    def build(self, graphs: Mapping[str, Path], contracts: Mapping[str, NetworkContract], profile: Profile,
+              facts: ModelFacts, precision: str, staging: Path, options: BuildOptions, stage: Stage) -> dict[str, str]:
+        files = {}
+        for component, graph in graphs.items():
+            stage(f"building the TensorRT {component} engine ({precision})")
+            plan = staging / f"{component}.plan"
+            build_engine(graph, plan, contracts[component].profile_shapes(profile), precision,
+                         options.optimization_level, options.timing_cache)
+            files[component] = plan.name
+        return files
+
+    def open(self, files: Mapping[str, Path], contracts: Mapping[str, NetworkContract], mode: str,
+             options: OpenOptions) -> Networks:
+        if options.device not in ("auto", "cuda"):
+            raise UserError(f"TensorRT engines run on CUDA, not on device {options.device!r}")
+        engines = {name: TrtEngine(files[name], contracts[name], options.cuda_graphs) for name in files}
+        label = "tensorrt" + ("-cuda-graphs" if options.cuda_graphs else "")
+        return Networks(label, engines["text_encoder"], {mode: engines["unet"]}, engines["vae_decoder"])
 
 
-class TrtUNet:
-    def __init__(self, path: Path, mode: str = "values", cuda_graphs: bool = False):
-        if mode not in LEVEL_INPUTS:
-            raise ValueError(f"mode must be one of {tuple(LEVEL_INPUTS)}, not {mode!r}")
-        self.mode = mode
-        self.level_input = LEVEL_INPUTS[mode]
-        self.engine = TrtEngine(path, cuda_graphs)
-        for other_mode, other_input in LEVEL_INPUTS.items():
-            if other_input != self.level_input and other_input in self.engine.input_names:
-                raise UserError(f"{path} was built for --mode {other_mode}, not {mode}; "
-                                f"rebuild it with: sdrt build-engine --mode {mode}")
-        self.engine.require_io(["sample", "timestep", "encoder_hidden_states", self.level_input, "level_mask"],
-                               ["noise_pred"])
-
-    def __call__(self, sample, timestep, encoder_hidden_states, level_states, level_mask):
-        return self.engine(sample=sample, timestep=timestep, encoder_hidden_states=encoder_hidden_states,
-                           level_mask=level_mask, **{self.level_input: level_states})["noise_pred"]
-
-
-class TrtVAEDecoder:
-    def __init__(self, path: Path, cuda_graphs: bool = False):
-        self.engine = TrtEngine(path, cuda_graphs)
-        self.engine.require_io(["latent"], ["images"])
-
-    def __call__(self, latent: torch.Tensor) -> torch.Tensor:
-        return self.engine(latent=latent)["images"]
+BACKEND = TensorRTBackend()

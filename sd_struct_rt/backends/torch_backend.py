@@ -1,74 +1,73 @@
 """The torch reference backend: the source of truth every compiled engine must match.
 
-On the CPU it runs in float32; on a CUDA device it can also run in float16, which is how a
-GPU serves SD in production. Inputs may come from anywhere and are moved to the backend's
-device; outputs stay there (the pipeline brings back what it needs).
+It runs the family's torch modules (the very modules the export stage traces) from a loaded
+model. On the CPU it runs in float32; on a CUDA device also in float16, which is how a GPU
+serves SD in production. Inputs may come from anywhere and are moved to the backend's device;
+outputs stay there (the pipeline brings back what it needs).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
-from ..attention import StructuredUNet
+from ..attention import MODES
+from ..contract import NetworkContract
+from ..errors import UserError
+from . import Networks
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 
 
 def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise UserError(f"device must be auto, cpu or cuda, not {device!r}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device {device} asked for, but torch {torch.__version__} sees no CUDA GPU")
     return torch.device(device)
 
 
-class _OnDevice:
-    def __init__(self, module: nn.Module, device: torch.device, dtype: torch.dtype):
-        self.model = module.to(device=device, dtype=dtype).eval()
-        self.device, self.dtype = device, dtype
+class TorchNetwork:
+    """One torch module behind the ``Network`` protocol."""
 
-    def _floats(self, *tensors: torch.Tensor):
-        return [t.to(self.device, self.dtype) for t in tensors]
-
-
-class TorchTextEncoder(_OnDevice):
-    def __init__(self, text_encoder: nn.Module, device: torch.device = torch.device("cpu"),
-                 dtype: torch.dtype = torch.float32):
-        super().__init__(text_encoder, device, dtype)
+    def __init__(self, module: nn.Module, contract: NetworkContract, device: torch.device, dtype: torch.dtype):
+        self.module = module.to(device=device, dtype=dtype).eval()
+        self.contract, self.device, self.dtype = contract, device, dtype
 
     @torch.inference_mode()
-    def __call__(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids.to(self.device, torch.long)).last_hidden_state
+    def __call__(self, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        ordered = [inputs[spec.name].to(self.device, self.dtype if spec.dtype.is_floating_point else spec.dtype)
+                   for spec in self.contract.inputs]
+        return {self.contract.output_names[0]: self.module(*ordered)}
 
 
-class TorchUNet(_OnDevice):
-    def __init__(self, unet: nn.Module, mode: str = "values", device: torch.device = torch.device("cpu"),
-                 dtype: torch.dtype = torch.float32):
-        super().__init__(StructuredUNet(unet, mode), device, dtype)
-        self.mode = mode
+class TorchBackend:
+    name = "torch"
+    precisions = tuple(DTYPES)
+    default_precision = "fp32"
 
-    @torch.inference_mode()
-    def __call__(self, sample, timestep, encoder_hidden_states, level_states, level_mask):
-        sample, encoder_hidden_states, level_states, level_mask = self._floats(
-            sample, encoder_hidden_states, level_states, level_mask)
-        return self.model(sample, timestep.to(self.device), encoder_hidden_states, level_states, level_mask)
+    def unavailable_reason(self) -> str | None:
+        return None
+
+    def open_model(self, model: Any, family: Any, device: str = "auto", precision: str = "fp32") -> Networks:
+        """Every mode's UNet over one set of weights, with the text encoder and the VAE decoder."""
+        where = resolve_device(device)
+        if precision not in DTYPES:
+            raise UserError(f"the torch backend runs in {' or '.join(DTYPES)}, not {precision!r}")
+        if precision == "fp16" and where.type != "cuda":
+            raise UserError("float16 needs a CUDA device; the CPU reference runs in float32")
+        dtype = DTYPES[precision]
+        networks = {mode: {name: TorchNetwork(module, family.networks(model.facts, mode)[name], where, dtype)
+                           for name, module in family.torch_modules(model, mode).items()}
+                    for mode in MODES}
+        shared = networks[MODES[0]]  # text encoder and VAE do not depend on the mode
+        label = f"torch-{where.type}" + ("-fp16" if precision == "fp16" else "")
+        return Networks(label, shared["text_encoder"], {mode: networks[mode]["unet"] for mode in MODES},
+                        shared["vae_decoder"], precision)
 
 
-class LatentDecoder(nn.Module):
-    """VAE decoder with SD's latent scaling in front and ``[0, 1]`` images out."""
-
-    def __init__(self, vae: nn.Module):
-        super().__init__()
-        self.vae = vae
-        self.scaling_factor = float(vae.config.scaling_factor)
-
-    def forward(self, latent: torch.Tensor) -> torch.Tensor:
-        images = self.vae.decode(latent / self.scaling_factor, return_dict=False)[0]
-        return (images / 2 + 0.5).clamp(0, 1)
-
-
-class TorchVAEDecoder(_OnDevice):
-    def __init__(self, vae: nn.Module, device: torch.device = torch.device("cpu"),
-                 dtype: torch.dtype = torch.float32):
-        super().__init__(LatentDecoder(vae), device, dtype)
-
-    @torch.inference_mode()
-    def __call__(self, latent: torch.Tensor) -> torch.Tensor:
-        return self.model(*self._floats(latent))
+BACKEND = TorchBackend()

@@ -6,7 +6,7 @@ import warnings
 from dataclasses import dataclass
 
 from ..errors import UserError
-from ..text import CONTENT_TOKENS, TokenizedPrompt
+from ..text import TokenizedPrompt
 
 
 class StructureWarning(UserWarning):
@@ -48,17 +48,18 @@ def _token_range(tokenized: TokenizedPrompt, phrase: Phrase) -> tuple[int, int]:
 
 
 def token_spans(tokenized: TokenizedPrompt, phrases: list[Phrase]) -> list[PhraseSpan]:
-    """Token spans of ``phrases`` in their order, without whole-prompt spans, clipped to 75 tokens."""
-    whole = (0, len(tokenized.tokens))
+    """Token spans of ``phrases`` in their order, without whole-prompt spans, clipped to the tokens
+    the text encoder reads (75 for CLIP)."""
+    whole, capacity = (0, len(tokenized.tokens)), tokenized.capacity
     spans = []
     for phrase in phrases:
         text = tokenized.prompt[phrase.start_char:phrase.end_char]
         start, end = _token_range(tokenized, phrase)
         if (start, end) == whole:
             continue
-        if start >= CONTENT_TOKENS:
-            warnings.warn(f"phrase {text!r} starts after token {CONTENT_TOKENS} and is dropped "
-                          "(CLIP reads only the first 75 tokens)", StructureWarning, stacklevel=2)
+        if start >= capacity:
+            warnings.warn(f"phrase {text!r} starts after token {capacity} and is dropped "
+                          f"(CLIP reads only the first {capacity} tokens)", StructureWarning, stacklevel=2)
             continue
-        spans.append(PhraseSpan(text, start, min(end, CONTENT_TOKENS)))
+        spans.append(PhraseSpan(text, start, min(end, capacity)))
     return spans

@@ -7,6 +7,7 @@ median of the per-round ratios, never a ratio of separately measured medians.
 
 from __future__ import annotations
 
+import os
 import platform
 import statistics
 import time
@@ -70,33 +71,9 @@ def machine_description() -> dict[str, object]:
         "torch_threads": torch.get_num_threads(),
     }
     try:
-        import os
         info["cpus"] = len(os.sched_getaffinity(0))
-    except AttributeError:
-        pass
+    except AttributeError:  # not on every platform
+        info["cpus"] = os.cpu_count()
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
     return info
-
-
-def cached_engine_set(model_ref: str, backend: str, mode: str) -> "Path":
-    """An engine set for ``model_ref`` in the cache, built on first use (benchmarks need one)."""
-    import hashlib
-    from pathlib import Path
-
-    from . import __version__
-    from .errors import UserError
-    from .export.build import build_engine_set
-    from .manifest import Profile, read_manifest, verify_files
-    from .model import default_image_size, resolve_model_folder
-    from .paths import cache_dir
-
-    key = hashlib.sha256(f"{resolve_model_folder(model_ref).resolve()}|{__version__}".encode()).hexdigest()[:12]
-    folder = Path(cache_dir()) / "engines" / f"{key}-{backend}-{mode}"
-    try:
-        verify_files(read_manifest(folder), folder)
-    except UserError:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        build_engine_set(model_ref, backend, mode, Profile(size=(64, default_image_size(model_ref))),
-                         "fp16" if backend == "tensorrt" else "fp32", folder)
-    return folder

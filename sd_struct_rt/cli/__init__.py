@@ -1,0 +1,71 @@
+"""``sdrt``: the command line, a thin layer over ``StructuredDiffusionPipeline``.
+
+One module per command (``add_to`` registers it, ``run`` executes it); ``options`` holds what
+they share. Every user-facing failure is one line and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+
+from .. import __version__
+from ..errors import UserError
+from . import bench, build_engine, check_engine, generate, options, parse
+
+EXIT_INTERRUPTED = 130
+COMMANDS = (generate, parse, build_engine, check_engine, bench)
+
+
+def build_parser() -> options.OneLineParser:
+    parser = options.OneLineParser(
+        prog="sdrt",
+        description="Structured Diffusion Guidance (Feng et al., ICLR 2023) for Stable Diffusion: "
+                    "noun phrases of the prompt bind their attributes to the right objects.",
+        epilog="Run 'sdrt COMMAND --help' for a command's options and an example.")
+    parser.add_argument("--version", action="version", version=f"sd-struct-rt {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                     parser_class=options.OneLineParser)
+    for command in COMMANDS:
+        command.add_to(commands)
+    return parser
+
+
+def _quiet_libraries() -> None:
+    # Library chatter (weight-loading bars, accelerate hints) would bury our one-line messages.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TQDM_DISABLE_WEIGHT_LOADING", "1")
+    try:
+        import diffusers.utils.logging as diffusers_logging
+        import transformers.utils.logging as transformers_logging
+
+        diffusers_logging.disable_progress_bar()
+        transformers_logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"sdrt: warning: {message}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _quiet_libraries()
+    warnings.showwarning = _one_line_warning
+    try:
+        args.run(args)
+    except UserError as error:
+        print(f"sdrt: error: {error}", file=sys.stderr)
+        return options.EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("sdrt: interrupted; no partly written file was left behind", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

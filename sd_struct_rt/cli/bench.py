@@ -1,0 +1,69 @@
+"""``sdrt bench``: latency per stage, throughput against batch size, and the cost of structure."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..backends import names
+from . import options
+
+EXAMPLE = """examples:
+  sdrt bench --model tiny --backend onnxruntime --json
+  sdrt bench --engine engines/sd15-fp16 --levels 4 --out benchmarks/results/sd15.json
+
+Ratios are medians of per-round ratios from one interleaved run: structured_over_plain is
+one UNet call in values mode with 4 levels over the same engine with one level."""
+
+
+def add_to(commands) -> None:
+    parser = commands.add_parser(
+        "bench", help="measure latency, throughput and the cost of structure",
+        description="Time every stage, images per second against batch size, and A/B ratios (plain vs "
+                    "structured vs keys vs the official per-level loop, backend vs torch) with warm-up "
+                    "and interleaved rounds.",
+        epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="tiny", help="model to measure [default: tiny]")
+    parser.add_argument("--backend", choices=["auto", *names()], default="auto",
+                        help="auto: the best engine backend here; engines are built into the cache on "
+                             "first use unless --engine is given [default: auto]")
+    parser.add_argument("--engine", type=Path, metavar="DIR", help="measure this engine set")
+    parser.add_argument("--levels", type=options.positive_int("levels", 64), default=4,
+                        help="levels of the structured UNet call [default: 4]")
+    parser.add_argument("--steps", type=options.steps_option(), default=10,
+                        help="denoising steps of the end-to-end runs [default: 10]")
+    parser.add_argument("--rounds", type=options.positive_int("rounds", 1000), default=15,
+                        help="interleaved rounds after warm-up [default: 15]")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--out", type=Path, metavar="FILE.json", help="also write the JSON object here")
+    parser.set_defaults(run=run)
+
+
+def run(args) -> None:
+    from ..backends import best_engine_backend
+    from ..bench import BenchSettings, run_bench
+    from ..files import atomic_path, check_writable_folder
+    from ..structure.parsers import SpacyParser
+
+    if args.out is not None:
+        check_writable_folder(args.out)
+    backend = best_engine_backend()[0] if args.backend == "auto" else args.backend
+    result = run_bench(args.model, backend, args.engine,
+                       BenchSettings(levels=args.levels, steps=args.steps, rounds=args.rounds), SpacyParser())
+    if args.out is not None:
+        with atomic_path(args.out) as temporary:
+            temporary.write_text(json.dumps(result, indent=2) + "\n")
+    if args.json:
+        print(json.dumps(result))
+        return
+    print(f"backend {result['backend']}, {result['image_size']}px, {result['levels']} levels")
+    for name, timing in result["unet_call"].items():
+        print(f"  UNet call {name:<18} {timing['median_ms']:>9.2f} ms  (p25-p75 {timing['p25_ms']:.2f}-"
+              f"{timing['p75_ms']:.2f})")
+    for name, timing in result["stages"].items():
+        print(f"  stage {name:<22} {timing['median_ms']:>9.2f} ms")
+    for row in result["throughput"]:
+        print(f"  batch {row['batch']:<3} {row['images_per_second']:>8.3f} images/s")
+    for name, value in result["ratios"].items():
+        print(f"  {name:<32} {value:.3f}")

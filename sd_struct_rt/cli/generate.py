@@ -1,0 +1,156 @@
+"""``sdrt generate``: prompts in, PNGs out, through ``StructuredDiffusionPipeline``."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+from ..backends import names
+from ..errors import UserError
+from . import options
+
+EXAMPLE = """example:
+  sdrt generate "a red car and a white sheep" --seed 7 --out car-sheep.png
+  sdrt generate "a red car and a white sheep" --model /models/stable-diffusion-v1-5 --steps 50
+  sdrt generate --prompts-file prompts.txt --batch-size 4 --out-dir images/
+
+The embedded model 'tiny' has random weights: it shows that the pipeline works, not pictures.
+Same prompt, settings and seed give the same image, bit for bit, on the same backend."""
+
+
+def add_to(commands) -> None:
+    parser = commands.add_parser(
+        "generate", help="generate an image from a prompt",
+        description="Generate an image with Stable Diffusion and write it as a PNG whose text "
+                    "metadata records everything needed to reproduce it.",
+        epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("prompt", nargs="?", help="what to draw (or use --prompts-file)")
+    parser.add_argument("--model",
+                        help="'tiny' (embedded, random weights), a diffusers-format SD 1.x folder, "
+                             "or a Hugging Face model id (needs network); with --engine, the model the "
+                             "engines must have been built from [default: tiny]")
+    parser.add_argument("--negative-prompt", default="", help="what to steer away from [default: none]")
+    parser.add_argument("--steps", type=options.steps_option(), default=50, help="denoising steps [default: 50]")
+    parser.add_argument("--guidance", type=options.guidance, default=7.5,
+                        help="classifier-free guidance scale [default: 7.5]")
+    parser.add_argument("--seed", type=options.seed, default=0, help="seed of the initial noise [default: 0]")
+    parser.add_argument("--width", type=options.image_side("width"),
+                        help="image width in pixels, a multiple of 8 [default: the model's, 256 for tiny]")
+    parser.add_argument("--height", type=options.image_side("height"),
+                        help="image height in pixels, a multiple of 8 [default: the model's]")
+    parser.add_argument("--out", type=options.png_path, default=Path("sdrt.png"),
+                        help="PNG file to write [default: sdrt.png]")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--engine", type=Path, metavar="DIR",
+                        help="run on a built engine set (sdrt build-engine) instead of the torch model")
+    parser.add_argument("--backend", choices=["auto", *names()], default="auto",
+                        help="auto: the engine set's backend with --engine, the torch reference without "
+                             "[default: auto]")
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="with TensorRT engines: replay each engine's run from a CUDA graph, which "
+                             "removes the per-kernel launch cost")
+    batch = parser.add_argument_group("many prompts")
+    batch.add_argument("--prompts-file", type=Path, metavar="FILE",
+                       help="one prompt per line; prompt i (from 0) gets seed SEED+i whatever the batch size")
+    batch.add_argument("--batch-size", type=options.positive_int("batch-size", 64), default=1,
+                       help="prompts per denoising loop; rows may hold different numbers of levels [default: 1]")
+    batch.add_argument("--out-dir", type=Path, metavar="DIR",
+                       help="folder for the PNGs of --prompts-file, named NNNN-prompt.png")
+    options.add_structure_options(parser, with_plain=True)
+    parser.set_defaults(run=run)
+
+
+def read_prompts_file(path: Path) -> list[str]:
+    """Prompts, one per line; an empty line is refused rather than silently skipped."""
+    from ..text import preprocess
+
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise UserError(f"prompts file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise UserError(f"cannot read prompts file {path} ({error})") from None
+    if not lines:
+        raise UserError(f"prompts file {path} is empty; write one prompt per line")
+    for number, line in enumerate(lines, start=1):
+        if not preprocess(line):
+            raise UserError(f"{path} line {number} is empty; write one prompt per line, no blank lines")
+    return lines
+
+
+def output_name(index: int, prompt: str) -> str:
+    from ..text import preprocess
+
+    slug = re.sub(r"[^a-z0-9]+", "-", preprocess(prompt)).strip("-")[:60] or "prompt"
+    return f"{index:04d}-{slug}.png"
+
+
+def _targets(args) -> list[tuple[str, int, Path]]:
+    """(prompt, seed, output path) of every image asked for, checked before any work."""
+    from ..files import check_writable_folder
+
+    if args.prompts_file is None:
+        if args.prompt is None:
+            raise UserError("give a prompt, or --prompts-file FILE with one prompt per line")
+        if args.out_dir is not None:
+            raise UserError("--out-dir goes with --prompts-file; for one prompt use --out FILE.png")
+        check_writable_folder(args.out)
+        return [(args.prompt, args.seed, args.out)]
+    if args.prompt is not None:
+        raise UserError("give either a prompt or --prompts-file, not both")
+    if args.out_dir is None:
+        raise UserError("--prompts-file needs --out-dir DIR for its images")
+    prompts = read_prompts_file(args.prompts_file)
+    paths = [args.out_dir / output_name(i, prompt) for i, prompt in enumerate(prompts)]
+    check_writable_folder(paths[0], "--out-dir")
+    return [(prompt, args.seed + i, path) for i, (prompt, path) in enumerate(zip(prompts, paths))]
+
+
+def open_pipeline(args):
+    """The pipeline ``--engine``, ``--backend`` and ``--model`` ask for."""
+    from ..pipeline import StructuredDiffusionPipeline
+
+    if args.engine is None:
+        if args.backend not in ("auto", "torch"):
+            raise UserError(f"--backend {args.backend} runs compiled engines: build them with "
+                            f"'sdrt build-engine --backend {args.backend} --out DIR' and pass --engine DIR")
+        if args.cuda_graphs:
+            raise UserError("--cuda-graphs goes with --engine DIR of TensorRT engines")
+        return StructuredDiffusionPipeline.from_pretrained(args.model or "tiny")
+    if args.backend == "torch":
+        raise UserError("--engine runs compiled engines; drop --engine to use the torch reference")
+    return StructuredDiffusionPipeline.from_engines(args.engine, model=args.model,
+                                                    backend=None if args.backend == "auto" else args.backend,
+                                                    cuda_graphs=args.cuda_graphs)
+
+
+def run(args) -> None:
+    from ..structure import analyse
+    from ..text import content_tokens, token_count
+
+    targets = _targets(args)
+    parser = None if args.mode == "plain" else options.chosen_parser(args)
+    pipe = open_pipeline(args)
+    common = dict(num_inference_steps=args.steps, guidance_scale=args.guidance, negative_prompt=args.negative_prompt,
+                  width=args.width, height=args.height, mode=args.mode, parser=parser, max_levels=args.max_levels)
+    prompts, seeds, outs = (list(column) for column in zip(*targets))
+    batches = [slice(start, start + args.batch_size) for start in range(0, len(targets), args.batch_size)]
+    # Every batch (the last may be smaller) is checked before the first image is made.
+    for batch in batches:
+        pipe.check_inputs(prompts[batch], seed=seeds[batch], **common)
+    if args.prompts_file is not None:
+        # CLIP would truncate these silently; in a file of prompts that is almost always a mistake.
+        limit = content_tokens(pipe.tokenizer)
+        for line, prompt in enumerate(prompts, start=1):
+            if (count := token_count(pipe.tokenizer, prompt)) > limit:
+                raise UserError(f"{args.prompts_file} line {line} has {count} tokens but CLIP reads {limit}; "
+                                "shorten it")
+    structured = [analyse(prompt, parser, pipe.tokenizer) for prompt in prompts]
+    options.announce(f"backend {pipe.backend}")  # every input checked by now
+    for number, batch in enumerate(batches, start=1):
+        label = "denoising" if len(batches) == 1 else f"batch {number}/{len(batches)}"
+        result = pipe(structured[batch], seed=seeds[batch], progress=options.progress(args.quiet, label), **common)
+        for index, out in enumerate(outs[batch]):
+            result.save(index, out)
+    print(f"wrote {outs[0] if len(outs) == 1 else f'{len(outs)} images in {args.out_dir}'}")

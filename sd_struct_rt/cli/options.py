@@ -1,0 +1,116 @@
+"""What the commands share: the one-line argument parser, typed options, structure flags, progress."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Callable, Iterable
+
+from .. import inputs
+from ..errors import InputError, UserError
+
+EXIT_USER_ERROR = 2
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse prints usage plus the error; we print the error and where help is."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def checked(convert: Callable[[str], object], check: Callable[[object, str], object], name: str, kind: str):
+    """An argparse type: ``convert`` the text, then apply the pipeline's own ``check`` under the flag's name."""
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be {kind}, not {text!r}") from None
+        try:
+            return check(value, name)
+        except InputError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+    return parse
+
+
+def positive_int(name: str, upper: int):
+    return checked(int, lambda value, label: inputs.whole_number(value, label, 1, upper), name, "a whole number")
+
+
+def steps_option(name: str = "steps"):
+    return checked(int, inputs.steps, name, "a whole number")
+
+
+def image_side(name: str):
+    return checked(int, inputs.image_side, name, "a whole number of pixels")
+
+
+guidance = checked(float, inputs.guidance, "guidance", "a number")
+seed = checked(int, inputs.seed, "seed", "a whole number")
+
+
+def png_path(text: str) -> Path:
+    path = Path(text)
+    if path.suffix.lower() != ".png":
+        raise argparse.ArgumentTypeError(f"output {text!r} must end in .png")
+    return path
+
+
+def int_range(name: str):
+    def parse(text: str) -> tuple[int, int]:
+        low, sep, high = text.partition(":")
+        try:
+            return int(low), int(high if sep else low)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be MIN:MAX whole numbers, not {text!r}") from None
+    return parse
+
+
+def add_structure_options(parser: argparse.ArgumentParser, with_plain: bool) -> None:
+    from ..conditioning import DEFAULT_MAX_LEVELS, MODES
+    from ..structure.parsers import DEFAULT_SPACY_MODEL, PARSERS
+
+    group = parser.add_argument_group("structure (which noun phrases become levels)")
+    if with_plain:
+        group.add_argument("--mode", choices=MODES, default="values",
+                           help="values: full-prompt keys, phrase levels averaged as values (the paper's "
+                                "default); keys: one key set per level (the paper's --conjunction); "
+                                "plain: ordinary Stable Diffusion [default: values]")
+        group.add_argument("--max-levels", type=positive_int("max-levels", 64), default=DEFAULT_MAX_LEVELS,
+                           help="levels per prompt including the full prompt; extra phrases are dropped "
+                                f"with a warning [default: {DEFAULT_MAX_LEVELS}]")
+    group.add_argument("--parser", choices=PARSERS,
+                       help="spacy: offline default; stanza: the paper's parser (needs its English "
+                            "models); tree: your --tree/--phrase [default: tree if --tree or --phrase "
+                            "is given, else spacy]")
+    group.add_argument("--tree", action="append", default=[], metavar="BRACKETED",
+                       help="a Penn-style tree of one sentence, e.g. '(ROOT (NP (DT a) (NN cat)))'; "
+                            "repeat for each sentence")
+    group.add_argument("--phrase", action="append", default=[], metavar="TEXT",
+                       help="a phrase of the prompt to use as a level; repeatable")
+    group.add_argument("--spacy-model", default=DEFAULT_SPACY_MODEL,
+                       help=f"installed spaCy pipeline for --parser spacy [default: {DEFAULT_SPACY_MODEL}]")
+
+
+def chosen_parser(args):
+    """The parser the structure flags ask for, refusing flags that do not go together."""
+    from ..structure.parsers import make_parser
+
+    name = args.parser or ("tree" if args.tree or args.phrase else "spacy")
+    if name != "tree" and (args.tree or args.phrase):
+        raise UserError(f"--tree and --phrase go with --parser tree, not --parser {name}")
+    return make_parser(name, args.tree, args.phrase, args.spacy_model)
+
+
+def progress(quiet: bool, description: str, unit: str = "step") -> Callable[[Iterable], Iterable]:
+    from tqdm import tqdm
+
+    def wrap(items):
+        return tqdm(items, desc=description, unit=unit, disable=quiet, leave=False, file=sys.stderr)
+    return wrap
+
+
+def announce(message: str) -> None:
+    """One status line on stderr, so stdout stays what a script reads."""
+    print(f"sdrt: {message}", file=sys.stderr)

@@ -1,0 +1,72 @@
+"""``sdrt parse``: which noun phrases of a prompt become levels, with their token spans."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..errors import UserError
+from . import options
+
+EXAMPLE = """examples:
+  sdrt parse "a red car and a white sheep"
+  sdrt parse "a red car and a white sheep" --json
+  sdrt parse --prompts-file prompts.txt --json        # one JSON object per line, one process
+  sdrt parse "a cat on a mat" --tree "(ROOT (NP (NP (DT a) (NN cat)) (PP (IN on) (NP (DT a) (NN mat)))))"
+  sdrt parse "a red car and a white sheep" --phrase "a white sheep"
+
+Spans count BPE tokens of the preprocessed prompt from 0, start inclusive, end exclusive,
+without the start-of-text token (docs/SPEC.md section 2)."""
+
+
+def add_to(commands) -> None:
+    parser = commands.add_parser(
+        "parse", help="show the noun phrases and token spans a prompt gives",
+        description="Show which noun phrases of a prompt become levels, with their token spans.",
+        epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("prompt", nargs="?", help="the prompt to analyse (or use --prompts-file)")
+    parser.add_argument("--prompts-file", type=Path, metavar="FILE",
+                        help="analyse every line of FILE in one process (the parser loads once)")
+    parser.add_argument("--model", default="tiny", help="model whose tokenizer counts tokens [default: tiny]")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON object per prompt, one per line, instead of a table")
+    options.add_structure_options(parser, with_plain=False)
+    parser.set_defaults(run=run)
+
+
+def _analysis(prompt: str, parser, tokenizer) -> dict:
+    from ..structure import analyse
+    from ..text import tokenize_with_offsets
+
+    structured = analyse(prompt, parser, tokenizer)
+    return {"prompt": structured.prompt, "tokens": list(tokenize_with_offsets(tokenizer, structured.prompt).tokens),
+            "phrases": [{"text": span.text, "span": [span.start, span.end]} for span in structured.spans]}
+
+
+def _print_table(analysis: dict) -> None:
+    print(f"prompt: {analysis['prompt']}")
+    print(f"tokens: {' '.join(f'{i}:{token}' for i, token in enumerate(analysis['tokens']))}")
+    if not analysis["phrases"]:
+        print("no phrase of two or more words: the prompt is one level (plain SD)")
+    for level, phrase in enumerate(analysis["phrases"], start=1):
+        print(f"level {level}: [{phrase['span'][0]:>2}, {phrase['span'][1]:>2})  {phrase['text']}")
+
+
+def run(args) -> None:
+    from ..model import load_tokenizer
+    from .generate import read_prompts_file
+
+    if (args.prompt is None) == (args.prompts_file is None):
+        raise UserError("give either a prompt or --prompts-file FILE, not both and not neither")
+    prompts = [args.prompt] if args.prompts_file is None else read_prompts_file(args.prompts_file)
+    parser = options.chosen_parser(args)
+    tokenizer = load_tokenizer(args.model)
+    for number, prompt in enumerate(prompts):
+        analysis = _analysis(prompt, parser, tokenizer)
+        if args.json:
+            print(json.dumps(analysis, ensure_ascii=False), flush=True)
+        else:
+            if number:
+                print()
+            _print_table(analysis)

@@ -1,0 +1,249 @@
+"""Stable Diffusion 1.x: a CLIP text encoder, a 4-channel latent UNet, an 8x VAE (SPEC section 5).
+
+The three networks and their engine I/O:
+
+* ``text_encoder``: ``input_ids int32 [M, 77]`` -> ``text_embeddings [M, 77, D]`` (last hidden state);
+* ``unet``: ``sample [N, 4, h, w]``, ``timestep int64 [N]``, ``encoder_hidden_states [N, 77, D]``,
+  ``value_states`` or ``key_states [N, L, 77, D]`` (by mode), ``level_mask [N, L]`` ->
+  ``noise_pred [N, 4, h, w]``;
+* ``vae_decoder``: ``latent [N, 4, h, w]`` -> ``images [N, 3, 8h, 8w]`` in ``[0, 1]``, SD's latent
+  scaling included.
+
+Engine profiles in the user's units (``Profile``) map onto these axes as follows. TensorRT
+picks its kernels by timing them at ``opt``, so ``opt`` is the call we expect most often:
+
+- batch: the smallest batch of the range (interactive generation is mostly one prompt); the
+  UNet sees two rows per prompt (classifier-free guidance);
+- image side: the model's native size, clamped into the range;
+- levels: the middle of ``1..levels``; a caption has a handful of noun phrases, and the UNet is
+  padded only to the longest prompt of a batch, not to the engine's maximum;
+- text-encoder strings: one call of the smallest batch with every level used (each prompt,
+  its phrases and its negative prompt): ``batch * (levels + 1)``, inside ``1..2 * batch * levels``
+  because ``levels + 1 <= 2 * levels``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from ..attention import MODES, StructuredUNet
+from ..contract import (Axis, Fixed, ModelFacts, NetworkContract, Profile, Scaled, TensorSpec, integers_below,
+                        standard_normal)
+from ..errors import UserError
+
+# SPEC section 5: the UNet's stacked-levels input is named after the role the levels play.
+LEVEL_INPUTS = {"values": "value_states", "keys": "key_states"}
+LATENT_CHANNELS = 4
+TRAIN_TIMESTEPS = 1000
+REQUIRED_FILES = ("model_index.json", "unet/config.json", "vae/config.json", "text_encoder/config.json",
+                  "scheduler/scheduler_config.json")
+FOLDER_HINT = ("expected a diffusers-format Stable Diffusion 1.x folder (model_index.json, unet/, vae/, "
+               "text_encoder/, tokenizer/, scheduler/)")
+
+
+@dataclass
+class StableDiffusionModel:
+    """The five parts of an SD 1.x folder, loaded in float32 on the CPU."""
+
+    model_id: str
+    folder: Path
+    facts: ModelFacts
+    tokenizer: Any
+    text_encoder: Any
+    unet: Any
+    vae: Any
+    scheduler: Any
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return self.facts.vae_scale_factor
+
+    @property
+    def default_size(self) -> int:
+        return self.facts.default_size
+
+
+class TextEmbeddings(nn.Module):
+    """``int32`` token ids in, last hidden states out (the pooled output is not used)."""
+
+    def __init__(self, text_encoder: nn.Module):
+        super().__init__()
+        self.text_encoder = text_encoder
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.text_encoder(input_ids.long()).last_hidden_state
+
+
+class LatentDecoder(nn.Module):
+    """VAE decoder with SD's latent scaling in front and ``[0, 1]`` images out."""
+
+    def __init__(self, vae: nn.Module):
+        super().__init__()
+        self.vae = vae
+        self.scaling_factor = float(vae.config.scaling_factor)
+
+    def forward(self, latent: torch.Tensor) -> torch.Tensor:
+        images = self.vae.decode(latent / self.scaling_factor, return_dict=False)[0]
+        return (images / 2 + 0.5).clamp(0, 1)
+
+
+def draw_level_mask(shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+    """Rows with 1..L real levels (the first row all L), so padding sits behind the mask."""
+    rows, levels = shape
+    counts = torch.randint(1, levels + 1, (rows,), generator=generator)
+    counts[0] = levels
+    return (torch.arange(levels)[None, :] < counts[:, None]).float()
+
+
+def _read_config(folder: Path, name: str) -> dict:
+    try:
+        config = json.loads((folder / name).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise UserError(f"{folder}: unreadable {name} ({type(error).__name__}); {FOLDER_HINT}") from None
+    if not isinstance(config, dict):
+        raise UserError(f"{folder}: {name} is not a JSON object; {FOLDER_HINT}")
+    return config
+
+
+class StableDiffusion1:
+    name = "sd1"
+    title = "Stable Diffusion 1.x"
+
+    def claims(self, model_index: Mapping[str, Any], folder: Path) -> bool:
+        return model_index.get("_class_name") == "StableDiffusionPipeline"
+
+    def check_folder(self, folder: Path) -> None:
+        if not folder.is_dir():
+            raise UserError(f"{folder} is not a folder; {FOLDER_HINT}")
+        missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
+        if not (folder / "tokenizer").is_dir():
+            missing.append("tokenizer/")
+        if missing:
+            raise UserError(f"{folder} is not a Stable Diffusion model: missing {', '.join(missing)}; {FOLDER_HINT}")
+        unet = _read_config(folder, "unet/config.json")
+        text = _read_config(folder, "text_encoder/config.json")
+        if unet.get("_class_name") != "UNet2DConditionModel" or unet.get("in_channels") != LATENT_CHANNELS:
+            raise UserError(f"{folder}: unet is not an SD 1.x UNet2DConditionModel with 4 latent channels")
+        if unet.get("cross_attention_dim") != text.get("hidden_size"):
+            raise UserError(f"{folder}: unet cross_attention_dim {unet.get('cross_attention_dim')} does not "
+                            f"match the text encoder width {text.get('hidden_size')}; not an SD 1.x model")
+
+    def read_facts(self, folder: Path) -> ModelFacts:
+        unet = _read_config(folder, "unet/config.json")
+        vae = _read_config(folder, "vae/config.json")
+        text = _read_config(folder, "text_encoder/config.json")
+        try:
+            vae_scale = 2 ** (len(vae["block_out_channels"]) - 1)
+            downsamplings = len(unet["block_out_channels"]) - 1
+            return ModelFacts(family=self.name, text_width=int(text["hidden_size"]),
+                              vocab_size=int(text["vocab_size"]), vae_scale_factor=vae_scale,
+                              default_size=int(unet["sample_size"]) * vae_scale,
+                              size_step=vae_scale * 2 ** downsamplings, latent_channels=LATENT_CHANNELS)
+        except (KeyError, TypeError, ValueError) as error:
+            raise UserError(f"{folder}: its configs lack {error} or hold the wrong type; {FOLDER_HINT}") from None
+
+    def load(self, folder: Path, model_id: str) -> StableDiffusionModel:
+        import diffusers
+        from diffusers import AutoencoderKL, SchedulerMixin, UNet2DConditionModel
+        from transformers import CLIPTextModel, CLIPTokenizer
+
+        scheduler_config = _read_config(folder, "scheduler/scheduler_config.json")
+        scheduler_class = getattr(diffusers, str(scheduler_config.get("_class_name", "")), None)
+        if not (isinstance(scheduler_class, type) and issubclass(scheduler_class, SchedulerMixin)):
+            raise UserError(f"{folder}: unknown scheduler {scheduler_config.get('_class_name')!r}")
+        try:
+            parts = dict(
+                tokenizer=CLIPTokenizer.from_pretrained(folder / "tokenizer"),
+                text_encoder=CLIPTextModel.from_pretrained(folder / "text_encoder").eval(),
+                unet=UNet2DConditionModel.from_pretrained(folder / "unet").eval(),
+                vae=AutoencoderKL.from_pretrained(folder / "vae").eval(),
+                scheduler=scheduler_class.from_config(scheduler_config),
+            )
+        except (OSError, ValueError, EnvironmentError) as error:
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise UserError(f"{folder}: cannot load the model weights ({reason})") from None
+        return StableDiffusionModel(model_id=model_id, folder=folder, facts=self.read_facts(folder), **parts)
+
+    def networks(self, facts: ModelFacts, mode: str) -> dict[str, NetworkContract]:
+        if mode not in LEVEL_INPUTS:
+            raise ValueError(f"mode must be one of {tuple(LEVEL_INPUTS)}, not {mode!r}")
+        scale, step = facts.vae_scale_factor, facts.size_step
+        rows = Axis("N", "batch", "UNet rows, two per prompt", 2)
+        prompts = Axis("N", "batch", "prompts", 2)
+        strings = Axis("M", "strings", "texts in one text-encoder call", 2)
+        levels = Axis("L", "levels", "levels per prompt, the full prompt included", 3)
+        # 16x24 latents: unequal, so height and width cannot be confused, and cheap to trace.
+        height = Axis("h", "height", f"latent pixels, image pixels / {scale}", 16)
+        width = Axis("w", "width", f"latent pixels, image pixels / {scale}", 24)
+        channels = Fixed("channels", "latent channels", facts.latent_channels)
+        tokens = Fixed("tokens", "CLIP positions", facts.tokens)
+        text_width = Fixed("text width", "text-encoder features", facts.text_width)
+
+        def latent_sides(profile: Profile) -> tuple[int, int, int]:
+            low, high = profile.size
+            opt = min(max(facts.default_size // step * step, low), high)
+            return low // scale, opt // scale, high // scale
+
+        def unet_ranges(profile: Profile) -> dict[str, tuple[int, int, int]]:
+            low, high = profile.batch
+            side = latent_sides(profile)
+            return {"N": (2 * low, 2 * low, 2 * high), "L": (1, (profile.levels + 2) // 2, profile.levels),
+                    "h": side, "w": side}
+
+        def text_ranges(profile: Profile) -> dict[str, tuple[int, int, int]]:
+            low, high = profile.batch
+            return {"M": (1, low * (profile.levels + 1), 2 * high * profile.levels)}
+
+        def vae_ranges(profile: Profile) -> dict[str, tuple[int, int, int]]:
+            low, high = profile.batch
+            side = latent_sides(profile)
+            return {"N": (low, low, high), "h": side, "w": side}
+
+        return {
+            "text_encoder": NetworkContract(
+                "text_encoder",
+                (TensorSpec("input_ids", torch.int32, (strings, tokens),
+                            integers_below(facts.vocab_size, torch.int32)),),
+                (TensorSpec("text_embeddings", torch.float32, (strings, tokens, text_width)),),
+                text_ranges),
+            "unet": NetworkContract(
+                "unet",
+                (TensorSpec("sample", torch.float32, (rows, channels, height, width)),
+                 TensorSpec("timestep", torch.int64, (rows,), integers_below(TRAIN_TIMESTEPS, torch.int64)),
+                 TensorSpec("encoder_hidden_states", torch.float32, (rows, tokens, text_width)),
+                 TensorSpec(LEVEL_INPUTS[mode], torch.float32, (rows, levels, tokens, text_width)),
+                 TensorSpec("level_mask", torch.float32, (rows, levels), draw_level_mask)),
+                (TensorSpec("noise_pred", torch.float32, (rows, channels, height, width)),),
+                unet_ranges),
+            "vae_decoder": NetworkContract(
+                "vae_decoder",
+                (TensorSpec("latent", torch.float32, (prompts, channels, height, width), standard_normal),),
+                (TensorSpec("images", torch.float32,
+                            (prompts, Fixed("channels", "image channels", 3), Scaled(height, scale),
+                             Scaled(width, scale))),),
+                vae_ranges),
+        }
+
+    def torch_modules(self, model: StableDiffusionModel, mode: str) -> dict[str, nn.Module]:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
+        return {"text_encoder": TextEmbeddings(model.text_encoder), "unet": StructuredUNet(model.unet, mode),
+                "vae_decoder": LatentDecoder(model.vae)}
+
+    def unet_inputs(self, sample: torch.Tensor, timestep: torch.Tensor, conditioning: Any,
+                    mode: str) -> dict[str, torch.Tensor]:
+        """The UNet's named inputs for one step; the stacked levels go in under their role's name."""
+        return {"sample": sample, "timestep": timestep, "encoder_hidden_states": conditioning.encoder_hidden_states,
+                LEVEL_INPUTS[mode]: conditioning.level_states, "level_mask": conditioning.level_mask}
+
+    def cross_attention_count(self, model: StableDiffusionModel) -> int:
+        return sum(1 for name, _ in model.unet.named_modules() if name.endswith("attn2"))
+
+
+FAMILY = StableDiffusion1()

@@ -1,0 +1,51 @@
+"""Checks of the numbers a generation takes, shared by the pipeline and the CLI.
+
+Each check is given the name the caller knows the value by (``guidance_scale`` in Python,
+``guidance`` on the command line), so one rule gives both their one-line messages.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+from .errors import InputError
+
+MIN_SIDE, MAX_SIDE = 64, 2048
+MAX_STEPS = 1000
+MAX_SEED = 2**63 - 1
+
+
+def whole_number(value: object, name: str, low: int, high: int, hint: str = "") -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise InputError(f"{name} must be a whole number, not {value!r}")
+    if not low <= value <= high:
+        raise InputError(f"{name} must be between {low} and {high}{hint}, not {value}")
+    return int(value)
+
+
+def steps(value: object, name: str = "num_inference_steps") -> int:
+    return whole_number(value, name, 1, MAX_STEPS)
+
+
+def seed(value: object, name: str = "seed") -> int:
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and not 0 <= value <= MAX_SEED:
+        raise InputError(f"{name} must be between 0 and 2**63-1, not {value}")
+    return whole_number(value, name, 0, MAX_SEED)
+
+
+def guidance(value: object, name: str = "guidance_scale") -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise InputError(f"{name} must be a number, not {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise InputError(f"{name} must be 0 or more (7.5 is SD's usual), not {value}")
+    return float(value)
+
+
+def image_side(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise InputError(f"{name} must be a whole number of pixels, not {value!r}")
+    if value % 8:
+        raise InputError(f"{name} {value} is not a multiple of 8 (the VAE works on 8x8 blocks); "
+                         f"try {value // 8 * 8 or 8} or {value // 8 * 8 + 8}")
+    return whole_number(value, name, MIN_SIDE, MAX_SIDE)
