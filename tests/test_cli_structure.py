@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -86,3 +87,31 @@ def test_partial_word_phrase_and_empty_prompt_are_refused(capsys):
     assert "whole words" in capsys.readouterr().err
     assert main(["parse", " . "]) == 2
     assert "the prompt is empty" in capsys.readouterr().err
+
+
+def test_parse_a_prompts_file_prints_one_json_line_per_prompt(tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red car and a white sheep\ncats\na cat on a mat\n")
+    assert main(["parse", "--prompts-file", str(prompts), "--json"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [json.loads(line)["prompt"] for line in lines] == ["a red car and a white sheep", "cats", "a cat on a mat"]
+    assert json.loads(lines[0])["phrases"][1] == {"text": "a white sheep", "span": [4, 7]}
+    assert json.loads(lines[1])["phrases"] == []
+
+
+def test_parse_needs_exactly_one_source(tmp_path, capsys):
+    assert main(["parse"]) == 2
+    assert "give either a prompt or --prompts-file" in capsys.readouterr().err
+
+
+CC500 = Path(__file__).resolve().parents[2] / "shared" / "CC-500.txt"
+
+
+@pytest.mark.skipif(not CC500.is_file(), reason="needs shared/CC-500.txt beside the repository")
+def test_cc500_parses_in_one_process(tmp_path, capsys):
+    first = tmp_path / "cc500.txt"
+    first.write_text("\n".join(CC500.read_text().splitlines()[:446]) + "\n")
+    assert main(["parse", "--prompts-file", str(first), "--json"]) == 0
+    results = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert len(results) == 446
+    assert sum(len(result["phrases"]) == 2 for result in results) >= 444

@@ -5,24 +5,22 @@ from __future__ import annotations
 import json
 import shutil
 
-import numpy as np
 import pytest
-from PIL import Image
+import torch
 
 from sd_struct_rt.cli import main
 from sd_struct_rt.image import read_png_metadata
+
+from tests.conftest import psnr
 
 pytest.importorskip("onnxruntime")
 FAST = ["--steps", "3", "--width", "64", "--height", "64", "--quiet", "--seed", "9"]
 PROMPT = "a red car and a white sheep"
 
 
-@pytest.fixture(scope="module")
-def engines(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("sets") / "tiny"
-    assert main(["build-engine", "--model", "tiny", "--backend", "onnxruntime", "--batch", "1:2",
-                 "--size", "64:128", "--levels", "4", "--out", str(folder)]) == 0
-    return folder
+@pytest.fixture
+def engines(tiny_engines):
+    return tiny_engines
 
 
 def one_error_line(capsys) -> str:
@@ -30,12 +28,6 @@ def one_error_line(capsys) -> str:
     assert len(lines) == 1, lines
     assert "Traceback" not in lines[0]
     return lines[0]
-
-
-def psnr(a, b) -> float:
-    with Image.open(a) as x, Image.open(b) as y:
-        error = ((np.asarray(x).astype(float) - np.asarray(y).astype(float)) ** 2).mean()
-    return float("inf") if error == 0 else 10 * np.log10(255 ** 2 / error)
 
 
 def test_build_writes_three_graphs_and_a_manifest(engines):
@@ -188,3 +180,61 @@ def test_a_short_last_batch_is_checked_too(tmp_path, capsys):
                  "--out-dir", str(tmp_path / "out"), *FAST]) == 2
     assert "batch 1 is outside the engine's 2..2" in one_error_line(capsys)
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_cuda_graphs_on_onnxruntime_engines_is_one_line(engines, tmp_path, capsys):
+    out = tmp_path / "img.png"
+    assert main(["generate", PROMPT, "--engine", str(engines), "--cuda-graphs", "--out", str(out), *FAST]) == 2
+    assert "CUDA graphs are a TensorRT option" in one_error_line(capsys) and not out.exists()
+
+
+def test_a_graph_whose_cross_attention_would_not_fuse_is_refused(tmp_path, capsys, monkeypatch):
+    from sd_struct_rt.export import graph_checks
+
+    def unfusable(graph, expected=None):
+        raise graph_checks.GraphCheckError("cross-attention TensorRT cannot fuse: attn2 output feeds Mul")
+
+    monkeypatch.setattr(graph_checks, "check_fusable_cross_attention", unfusable)
+    out = tmp_path / "set"
+    assert main(["build-engine", "--backend", "onnxruntime", "--size", "64:64", "--quiet", "--out", str(out)]) == 2
+    line = one_error_line(capsys)
+    assert "fail a check" in line and "cannot fuse" in line
+    assert [p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")] == []
+
+
+def test_build_runs_the_fusable_attention_check_on_every_cross_attention(tmp_path, monkeypatch):
+    from sd_struct_rt.export import graph_checks
+
+    counted = []
+    real = graph_checks.check_fusable_cross_attention
+    monkeypatch.setattr(graph_checks, "check_fusable_cross_attention",
+                        lambda graph, expected=None: counted.append(real(graph, expected)) or counted[-1])
+    assert main(["build-engine", "--backend", "onnxruntime", "--mode", "keys", "--size", "64:64", "--quiet",
+                 "--out", str(tmp_path / "keys")]) == 0
+    assert counted == [16]
+
+
+def test_check_engine_reports_polygraphys_verdict(engines):
+    """A network that is a little off fails SPEC 7's gate, and Polygraphy's verdict says so."""
+    from sd_struct_rt import StructuredDiffusionPipeline
+    from sd_struct_rt.export.check import compare_networks
+
+    reference = StructuredDiffusionPipeline.from_pretrained("tiny", device="cpu").networks.vae_decoder
+    engine_pipe = StructuredDiffusionPipeline.from_engines(engines)
+    engine, profile = engine_pipe.networks.vae_decoder, engine_pipe.engine_set.manifest.profile
+
+    class Perturbed:
+        contract = engine.contract
+
+        def __call__(self, **inputs):
+            return {name: value * 1.001 for name, value in engine(**inputs).items()}
+
+    generator = torch.Generator().manual_seed(0)
+    rows, passed = compare_networks(reference, engine, profile, "fp32", generator)
+    assert passed and all(row.passed for row in rows) and len(rows) == 2
+    assert rows[1].shape == "batch=2 height=16 width=16"  # the profile's largest call was checked
+    rows, passed = compare_networks(reference, Perturbed(), profile, "fp32", generator)
+    assert not passed and not any(row.passed for row in rows)
+    assert all(0.5e-3 < row.relative_error < 2e-3 for row in rows)
+    rows, passed = compare_networks(reference, Perturbed(), profile, "fp16", generator)
+    assert passed  # reduced precision is judged by cosine, which a uniform scale keeps at 1

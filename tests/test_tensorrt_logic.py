@@ -470,3 +470,38 @@ def test_engine_for_the_other_mode_is_refused(tmp_path):
     assert "key_states" in toy_engine(tmp_path / "unet.plan", "keys").input_names
     with pytest.raises(UserError, match="key_states.*not.*value_states.*rebuild"):
         toy_engine(tmp_path / "unet.plan", "values")
+
+
+# --- CUDA graphs reach the engines -----------------------------------------------------------
+
+def test_cuda_graphs_reach_every_tensorrt_engine(monkeypatch, tmp_path):
+    import sd_struct_rt.backends.tensorrt_backend as tensorrt_backend
+
+    opened = []
+
+    class RecordingEngine:
+        def __init__(self, path, contract, cuda_graphs=False):
+            opened.append((path.name, contract.name, cuda_graphs))
+
+    monkeypatch.setattr(tensorrt_backend, "TrtEngine", RecordingEngine)
+    networks = open_set(tmp_path, cuda_graphs=True)
+    assert sorted(opened) == [("text_encoder.plan", "text_encoder", True), ("unet.plan", "unet", True),
+                              ("vae_decoder.plan", "vae_decoder", True)]
+    assert networks.label == "tensorrt-cuda-graphs" and set(networks.unets) == {"values"}
+
+
+def test_generate_passes_cuda_graphs_to_the_engines(monkeypatch, tmp_path):
+    from sd_struct_rt.cli import main
+    from sd_struct_rt.pipeline import StructuredDiffusionPipeline
+
+    asked = {}
+
+    def from_engines(folder, **options):
+        asked.update(options)
+        raise UserError("stop here")
+
+    monkeypatch.setattr(StructuredDiffusionPipeline, "from_engines", staticmethod(from_engines))
+    assert main(["generate", "a cat", "--engine", str(tmp_path), "--cuda-graphs", "--quiet",
+                 "--out", str(tmp_path / "x.png")]) == 2
+    assert asked["cuda_graphs"] is True
+    assert main(["generate", "a cat", "--cuda-graphs", "--out", str(tmp_path / "x.png")]) == 2  # no engines

@@ -42,8 +42,10 @@ def _quiet_libraries() -> None:
         import diffusers.utils.logging as diffusers_logging
         import transformers.utils.logging as transformers_logging
 
-        diffusers_logging.disable_progress_bar()
-        transformers_logging.disable_progress_bar()
+        for library in (diffusers_logging, transformers_logging):
+            library.disable_progress_bar()
+            # also when the library was imported before the variables above were set
+            library.set_verbosity_error()
     except ImportError:
         pass
 

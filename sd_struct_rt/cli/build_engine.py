@@ -69,10 +69,13 @@ def run(args) -> None:
     stages = tqdm(total=planned_stages(engine_backend(backend)), desc="build-engine", unit="stage",
                   file=sys.stderr, leave=False, disable=args.quiet)
 
+    started = []
+
     def stage(name: str) -> None:
         # A stage is counted done when the next one starts, so the bar never runs ahead.
-        if stages.postfix:
+        if started:
             stages.update(1)
+        started.append(name)
         stages.set_postfix_str(name)
 
     with stages:
