@@ -7,7 +7,7 @@ level inputs that ``StructuredUNet`` prepares once per call and passes as
 
 * ``values`` mode: ``value_context`` is the masked mean of the value levels. Because ``to_v``
   has no bias, ``W_v mean(V_l) == mean(W_v V_l)``, so each layer is one standard attention.
-* ``keys`` mode: ``key_levels`` ``[N, L, T, D]`` with normalised ``key_weights`` ``[N, L]``;
+* ``keys`` mode: ``key_states`` ``[N, L, T, D]`` with normalised ``key_weights`` ``[N, L]``;
   the levels run as one batched attention over an extra axis and are averaged after the
   second matmul, never between softmax and matmul (TensorRT can still fuse each level).
 """
@@ -44,7 +44,7 @@ class StructuredAttnProcessor:
         attention_mask: torch.Tensor | None = None,
         temb: torch.Tensor | None = None,
         value_context: torch.Tensor | None = None,
-        key_levels: torch.Tensor | None = None,
+        key_states: torch.Tensor | None = None,
         key_weights: torch.Tensor | None = None,
     ) -> torch.Tensor:
         heads = attn.heads
@@ -53,11 +53,11 @@ class StructuredAttnProcessor:
             key = _split_heads(attn.to_k(hidden_states), heads)
             value = _split_heads(attn.to_v(hidden_states), heads)
             out = F.scaled_dot_product_attention(query, key, value)
-        elif key_levels is not None:
+        elif key_states is not None:
             # encoder_hidden_states is the single value context (the merged sequence m).
-            batch, levels = key_levels.shape[:2]
+            batch, levels = key_states.shape[:2]
             value = _split_heads(attn.to_v(encoder_hidden_states), heads)
-            keys = _split_heads(attn.to_k(key_levels.flatten(0, 1)), heads)  # [N*L, heads, T, d]
+            keys = _split_heads(attn.to_k(key_states.flatten(0, 1)), heads)  # [N*L, heads, T, d]
             # Levels ride on the batch axis, so each is exactly a standard 4-D attention.
             per_level = F.scaled_dot_product_attention(
                 query.repeat_interleave(levels, dim=0), keys, value.repeat_interleave(levels, dim=0))
@@ -106,6 +106,6 @@ class StructuredUNet(nn.Module):
             # The one place the value levels are averaged: every layer then sees one context.
             levels = {"value_context": torch.einsum("nl,nltd->ntd", weights, level_states)}
         else:
-            levels = {"key_levels": level_states, "key_weights": weights}
+            levels = {"key_states": level_states, "key_weights": weights}
         return self.unet(sample, timestep, encoder_hidden_states,
                          cross_attention_kwargs=levels, return_dict=False)[0]

@@ -18,15 +18,15 @@ class LevelLoopProcessor(StructuredAttnProcessor):
     """Cross-attention as a Python loop over levels, one full attention each."""
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
-                 key_levels=None, value_levels=None, level_weights=None):
+                 key_states=None, value_states=None, level_weights=None):
         if encoder_hidden_states is None:
             return super().__call__(attn, hidden_states)
         heads = attn.heads
         query = _split_heads(attn.to_q(hidden_states), heads)
         outputs = []
         for level in range(level_weights.shape[1]):
-            keys = key_levels[:, level] if key_levels is not None else encoder_hidden_states
-            values = value_levels[:, level] if value_levels is not None else encoder_hidden_states
+            keys = key_states[:, level] if key_states is not None else encoder_hidden_states
+            values = value_states[:, level] if value_states is not None else encoder_hidden_states
             outputs.append(F.scaled_dot_product_attention(
                 query, _split_heads(attn.to_k(keys), heads), _split_heads(attn.to_v(values), heads)))
         out = torch.einsum("nl,lnhsd->nhsd", level_weights, torch.stack(outputs))
@@ -43,6 +43,6 @@ class LevelLoopUNet(nn.Module):
 
     def forward(self, sample, timestep, encoder_hidden_states, level_states, level_mask):
         weights = level_mask / level_mask.sum(dim=1, keepdim=True)
-        role = "value_levels" if self.mode == "values" else "key_levels"
+        role = "value_states" if self.mode == "values" else "key_states"
         return self.unet(sample, timestep, encoder_hidden_states, return_dict=False,
                          cross_attention_kwargs={role: level_states, "level_weights": weights})[0]

@@ -53,8 +53,8 @@ def test_parse_table_with_tree(capsys):
 
 
 @pytest.mark.parametrize("arguments, expected", [
-    (["--tree", "(ROOT (NP (DT a) (NN cat)"], "unbalanced --tree"),
-    (["--tree", ""], "empty --tree"),
+    (["--tree", "(ROOT (NP (DT a) (NN cat)"], "unbalanced tree"),
+    (["--tree", ""], "empty tree"),
     (["--tree", "(ROOT (NP (DT a) (NN dog)))"], "does not match the prompt"),
     (["--phrase", "a dog"], "does not occur as whole words in the prompt"),
     (["--parser", "nltk"], "invalid choice"),

@@ -165,7 +165,7 @@ def test_explicit_phrases(tiny):
 
 @pytest.mark.parametrize("make, message", [
     (lambda: BracketedTreeParser(["(ROOT (NP (DT a) (NN cat)"]), "unbalanced"),
-    (lambda: BracketedTreeParser(["   "]), "empty --tree"),
+    (lambda: BracketedTreeParser(["   "]), "empty tree"),
     (lambda: BracketedTreeParser(["(ROOT (NP (DT a) (NN cat))) x"]), "unbalanced"),
     (lambda: BracketedTreeParser(["(ROOT ())"]), "malformed"),
     (lambda: BracketedTreeParser([]), "needs at least one"),

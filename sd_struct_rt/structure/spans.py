@@ -5,7 +5,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 
-from ..errors import UserError
+from ..errors import InputError
 from ..text import TokenizedPrompt
 
 
@@ -42,7 +42,7 @@ def _token_range(tokenized: TokenizedPrompt, phrase: Phrase) -> tuple[int, int]:
     overlapping = [i for i, (first, last) in enumerate(tokenized.offsets)
                    if first < phrase.end_char and last > phrase.start_char]
     if not overlapping:
-        raise UserError(f"phrase {tokenized.prompt[phrase.start_char:phrase.end_char]!r} covers no token "
+        raise InputError(f"phrase {tokenized.prompt[phrase.start_char:phrase.end_char]!r} covers no token "
                         f"of the prompt {tokenized.prompt!r}")
     return overlapping[0], overlapping[-1] + 1
 

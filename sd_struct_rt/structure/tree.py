@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
-from ..errors import UserError
+from ..errors import InputError
 
 
 class TreeLike(Protocol):
@@ -70,7 +70,7 @@ def read_bracketed(text: str) -> Tree:
     """Parse one Penn-style bracketed tree such as ``(ROOT (NP (DT a) (NN cat)))``."""
     tokens = text.replace("(", " ( ").replace(")", " ) ").split()
     if not tokens:
-        raise UserError("empty --tree: give a bracketed tree such as '(ROOT (NP (DT a) (NN cat)))'")
+        raise InputError("empty tree: give a bracketed tree such as '(ROOT (NP (DT a) (NN cat)))'")
     position = 0
 
     def parse() -> Tree:
@@ -81,22 +81,22 @@ def read_bracketed(text: str) -> Tree:
             return Tree(word)
         position += 1
         if position >= len(tokens) or tokens[position] in "()":
-            raise UserError(f"malformed --tree {text!r}: every '(' must be followed by a label")
+            raise InputError(f"malformed tree {text!r}: every '(' must be followed by a label")
         label = tokens[position]
         position += 1
         children = []
         while position < len(tokens) and tokens[position] != ")":
             children.append(parse())
         if position >= len(tokens):
-            raise UserError(f"unbalanced --tree {text!r}: a ')' is missing")
+            raise InputError(f"unbalanced tree {text!r}: a ')' is missing")
         position += 1
         if not children:
-            raise UserError(f"malformed --tree {text!r}: node {label!r} has no word below it")
+            raise InputError(f"malformed tree {text!r}: node {label!r} has no word below it")
         return Tree(label, tuple(children))
 
     if tokens[0] != "(":
-        raise UserError(f"malformed --tree {text!r}: a tree starts with '('")
+        raise InputError(f"malformed tree {text!r}: a tree starts with '('")
     tree = parse()
     if position != len(tokens):
-        raise UserError(f"unbalanced --tree {text!r}: text after the tree's last ')'")
+        raise InputError(f"unbalanced tree {text!r}: text after the tree's last ')'")
     return tree
