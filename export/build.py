@@ -7,42 +7,30 @@ half-written engine set. A lock on the destination keeps two builds from racing.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import os
 import shutil
-import tempfile
 from pathlib import Path
-from typing import Iterator
 
 from sd_struct_rt import __version__
 from sd_struct_rt.backends import BuildOptions, EngineBackend, Stage, engine_backend, require_available
 from sd_struct_rt.contract import Profile
 from sd_struct_rt.errors import InputError, UserError
 from sd_struct_rt.families import COMPONENTS
-from sd_struct_rt.files import current_umask
-from sd_struct_rt.manifest import MANIFEST_NAME, Manifest, file_sha256
+from sd_struct_rt.files import (clear_stale_staging, exclusive_lock, lock_path_for, remove_entry, reporting,
+                                staged_prefix, staging_path)
+from sd_struct_rt.manifest import MANIFEST_NAME, Manifest, file_sha256, foreign_entries, read_manifest
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt")
 # Stages every build announces besides its backend's own: load, three exports, graph checks, manifest.
 COMMON_STAGES = 6
 
 
-@contextlib.contextmanager
-def folder_lock(destination: Path) -> Iterator[None]:
-    """Exclusive, non-blocking lock on ``destination``; a second build fails at once."""
-    lock_path = destination.parent / f".{destination.name}.lock"
-    with open(lock_path, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UserError(f"another build is writing {destination} right now; wait for it to finish "
-                            "or choose another --out") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def folder_lock(destination: Path):
+    """Exclusive lock on ``destination`` for one build; a second build fails at once."""
+    return exclusive_lock(lock_path_for(destination),
+                          busy=f"another build is writing {destination} right now; wait for it to finish "
+                               "or choose another --out")
 
 
 def weights_sha256(folder: Path) -> str:
@@ -54,17 +42,31 @@ def weights_sha256(folder: Path) -> str:
     return digest.hexdigest()
 
 
-def _check_replaceable(destination: Path) -> None:
-    """Only an engine set (or an empty folder) may be replaced: never the user's other files."""
-    if destination.exists() and (not destination.is_dir() or (any(destination.iterdir())
-                                                              and not (destination / MANIFEST_NAME).is_file())):
-        raise UserError(f"{destination} exists and is not an engine set; choose another --out")
+def check_replaceable(destination: Path) -> None:
+    """Only a set we wrote (every entry named by its manifest) or an empty folder may be replaced:
+    never a file, a link, or a folder holding anything of the user's."""
+    if destination.is_symlink() or (destination.exists() and not destination.is_dir()):
+        raise UserError(f"{destination} exists and is not a folder; choose another --out")
+    if not destination.exists() or not any(destination.iterdir()):
+        return
+    if not (destination / MANIFEST_NAME).is_file():
+        raise UserError(f"{destination} exists and is not an engine set (no {MANIFEST_NAME}); choose another --out")
+    try:
+        manifest = read_manifest(destination)
+    except UserError:
+        raise UserError(f"{destination} holds a {MANIFEST_NAME} that sdrt cannot read, so its files may not be ours; "
+                        "choose another --out, or delete the folder yourself") from None
+    foreign = foreign_entries(manifest, destination)
+    if foreign:
+        raise UserError(f"{destination} is an engine set with files its manifest does not name ({foreign[0]}"
+                        f"{f' and {len(foreign) - 1} more' if len(foreign) > 1 else ''}); they may be yours, so "
+                        "nothing was replaced: move them or choose another --out")
 
 
 def _swap_into_place(staging: Path, destination: Path) -> None:
-    _check_replaceable(destination)
+    check_replaceable(destination)
     if destination.exists():
-        retired = destination.with_name(f".{destination.name}.replaced-{os.getpid()}")
+        retired = destination.parent / f"{staged_prefix(destination.name)}{os.getpid()}-replaced"
         os.rename(destination, retired)
         try:
             os.rename(staging, destination)
@@ -120,11 +122,11 @@ def build_engine_set(model_ref: str, backend_name: str, mode: str, profile: Prof
     profile.require_size_step(model_facts(model_ref).size_step)
     if not destination.parent.is_dir():
         raise UserError(f"folder {destination.parent} does not exist; create it or choose another --out")
-    _check_replaceable(destination)
-    with folder_lock(destination):
-        staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".building",
-                                        dir=destination.parent))
-        os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp's private 0700 would outlive the rename
+    check_replaceable(destination)
+    with folder_lock(destination), reporting("write the engine set", destination):
+        # Holding the lock, every staging entry of this destination is a killed build's leftover.
+        clear_stale_staging(destination, any_owner=True)
+        staging = staging_path(destination, "folder")
         try:
             stage("loading the model")
             model = load_model(model_ref)
@@ -149,4 +151,4 @@ def build_engine_set(model_ref: str, backend_name: str, mode: str, profile: Prof
             _swap_into_place(staging, destination)
             return manifest
         finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            remove_entry(staging)

