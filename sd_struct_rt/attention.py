@@ -101,6 +101,11 @@ class StructuredUNet(nn.Module):
         self.mode = mode
 
     def forward(self, sample, timestep, encoder_hidden_states, level_states, level_mask):
+        # SPEC P3: padded levels change nothing whatever finite values they hold. Zeroed before
+        # any product, a huge pad cannot overflow (3e38 * W_k is inf, and inf * 0 is NaN).
+        real = (level_mask > 0)[:, :, None, None]
+        level_states = torch.where(real, level_states, torch.zeros((), dtype=level_states.dtype,
+                                                                   device=level_states.device))
         weights = level_mask / level_mask.sum(dim=1, keepdim=True)
         if self.mode == "values":
             # The one place the value levels are averaged: every layer then sees one context.

@@ -12,12 +12,16 @@ import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 
 from .conditioning import Conditioning
 from .pipeline import StructuredDiffusionPipeline
 from .timing import interleaved, machine_description, ratio
+
+
+Building = Callable[[str, str], Any]  # (backend, mode) -> a stage callback with done()
 
 
 @dataclass
@@ -30,12 +34,16 @@ class BenchSettings:
     prompt: str = "a red car and a white sheep on a green hill"
 
 
-def cached_engine_set(model_ref: str, backend: str, mode: str) -> Path:
-    """An engine set for ``model_ref`` in the cache, built on first use (benchmarks need one)."""
+def cached_engine_set(model_ref: str, backend: str, mode: str, building: Building | None = None) -> Path:
+    """An engine set for ``model_ref`` in the cache, built on first use (benchmarks need one).
+
+    ``building(backend, mode)`` is told when a build starts and returns its stage callback, which
+    gets ``done()`` at the end (a progress bar)."""
     from . import __version__
     from .contract import Profile
     from .errors import UserError
     from .export.build import build_engine_set
+    from .files import reporting
     from .manifest import read_manifest, verify_files
     from .model import model_facts, resolve_model_folder
     from .paths import cache_dir
@@ -45,9 +53,15 @@ def cached_engine_set(model_ref: str, backend: str, mode: str) -> Path:
     try:
         verify_files(read_manifest(folder), folder)
     except UserError:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        build_engine_set(model_ref, backend, mode, Profile(size=(64, model_facts(model_ref).default_size)), None,
-                         folder)
+        with reporting("write the engine cache", folder.parent):
+            folder.parent.mkdir(parents=True, exist_ok=True)
+        stage = building(backend, mode) if building else None
+        try:
+            build_engine_set(model_ref, backend, mode, Profile(size=(64, model_facts(model_ref).default_size)),
+                             None, folder, stage or (lambda name: None))
+        finally:
+            if stage is not None:
+                stage.done()
     return folder
 
 
@@ -102,8 +116,9 @@ def throughput(pipe: StructuredDiffusionPipeline, parser, settings: BenchSetting
     return rows
 
 
-def run_bench(model_ref: str, backend: str, engine: Path | None, settings: BenchSettings, parser) -> dict:
-    """The whole benchmark as one JSON-ready object."""
+def run_bench(model_ref: str, backend: str, engine: Path | None, settings: BenchSettings, parser,
+              building: Building | None = None) -> dict:
+    """The whole benchmark as one JSON-ready object; ``building`` as for ``cached_engine_set``."""
     from .level_loop import LevelLoopUNet
 
     generator = torch.Generator().manual_seed(0)
@@ -111,8 +126,9 @@ def run_bench(model_ref: str, backend: str, engine: Path | None, settings: Bench
     if backend == "torch":
         pipe, keys_pipe = reference, reference
     else:
-        pipe = StructuredDiffusionPipeline.from_engines(engine or cached_engine_set(model_ref, backend, "values"))
-        keys_pipe = (StructuredDiffusionPipeline.from_engines(cached_engine_set(model_ref, backend, "keys"))
+        pipe = StructuredDiffusionPipeline.from_engines(
+            engine or cached_engine_set(model_ref, backend, "values", building))
+        keys_pipe = (StructuredDiffusionPipeline.from_engines(cached_engine_set(model_ref, backend, "keys", building))
                      if engine is None else None)
     sample, timestep, conditioning = unet_call(pipe, settings.levels, generator)
     plain = Conditioning(conditioning.encoder_hidden_states, conditioning.encoder_hidden_states[:, None],

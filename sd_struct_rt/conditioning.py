@@ -7,13 +7,12 @@ shorter ones are zero-padded and masked (SPEC P3, P4).
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
-from .structure.spans import PhraseSpan, StructuredPrompt, StructureWarning
+from .structure.spans import PhraseSpan, StructuredPrompt
 from .text import token_ids
 
 MODES = ("values", "keys", "plain")
@@ -53,22 +52,15 @@ def merged(full: torch.Tensor, phrases: list[torch.Tensor], spans: tuple[PhraseS
     return out
 
 
-def capped_spans(prompt: StructuredPrompt, max_levels: int) -> tuple[PhraseSpan, ...]:
-    room = max_levels - 1  # the full prompt is always a level
-    if len(prompt.spans) > room:
-        dropped = ", ".join(repr(span.text) for span in prompt.spans[room:])
-        warnings.warn(f"only {room} phrases fit in {max_levels} levels; dropped {dropped}",
-                      StructureWarning, stacklevel=2)
-    return prompt.spans[:room]
-
-
 def build_conditioning(encoder: TextEncoder, tokenizer, prompts: list[StructuredPrompt],
-                       negative_prompts: list[str], mode: str,
-                       max_levels: int = DEFAULT_MAX_LEVELS) -> Conditioning:
-    """Encode every string of the batch in one text-encoder call and stack the levels."""
+                       negative_prompts: list[str], mode: str) -> Conditioning:
+    """Encode every string of the batch in one text-encoder call and stack the levels.
+
+    Every span of every prompt becomes a level (the structure stage caps them, ``capped``).
+    """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
-    spans = [() if mode == "plain" else capped_spans(p, max_levels) for p in prompts]
+    spans = [() if mode == "plain" else p.spans for p in prompts]
     texts = list(negative_prompts) + [p.prompt for p in prompts]
     texts += [span.text for row in spans for span in row]
     embeddings = encoder(token_ids(tokenizer, texts))

@@ -123,15 +123,22 @@ class Profile:
                 "size": f"{low_side}:{high_side}"}
 
     def check(self, batch: int, width: int, height: int, step: int, rebuild: str) -> None:
-        """Refuse, before anything runs, a request the engines were not built for."""
+        """Refuse, before anything runs, a request the engines were not built for.
+
+        A side that is not a multiple of ``step`` no engine can take, so that refusal names the
+        nearest sides instead of a rebuild; a request outside the ranges gets ``rebuild``.
+        """
+        for name, side in (("width", width), ("height", height)):
+            if side % step:
+                nearest = sorted({max(step, side // step * step), side // step * step + step})
+                raise InputError(f"{name} {side} is not a multiple of {step}, which every engine of this model "
+                                 f"needs; use {' or '.join(map(str, nearest))}")
         problems = []
         if not self.batch[0] <= batch <= self.batch[1]:
             problems.append(f"batch {batch} is outside the engine's {self.batch[0]}..{self.batch[1]}")
         for name, side in (("width", width), ("height", height)):
             if not self.size[0] <= side <= self.size[1]:
                 problems.append(f"{name} {side} is outside the engine's {self.size[0]}..{self.size[1]}")
-            elif side % step:
-                problems.append(f"{name} {side} is not a multiple of {step}, which engines need")
         if problems:
             raise InputError(f"{'; '.join(problems)}; rebuild with: {rebuild}")
 

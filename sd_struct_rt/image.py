@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from .files import atomic_path
+from .files import atomic_path, reporting
 
 
 def to_pil(image: torch.Tensor) -> Image.Image:
@@ -22,7 +22,7 @@ def save_png(picture: Image.Image, path: Path, metadata: Mapping[str, str]) -> N
     info = PngInfo()
     for key, value in metadata.items():
         info.add_itxt(key, str(value))
-    with atomic_path(path) as temporary:
+    with atomic_path(path, "image") as temporary, reporting("write image", path):
         picture.save(temporary, format="PNG", pnginfo=info)
 
 

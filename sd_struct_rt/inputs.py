@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
+import warnings
 
 from .errors import InputError
 
@@ -49,3 +51,31 @@ def image_side(value: object, name: str) -> int:
         raise InputError(f"{name} {value} is not a multiple of 8 (the VAE works on 8x8 blocks); "
                          f"try {value // 8 * 8 or 8} or {value // 8 * 8 + 8}")
     return whole_number(value, name, MIN_SIDE, MAX_SIDE)
+
+
+MAX_PROMPT_CHARACTERS = 1000  # CLIP reads about the first 300 characters; this is generous
+MAX_TREE_CHARACTERS = 100_000
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")  # tab, newline and carriage return are spaces
+
+
+class InputWarning(UserWarning):
+    """An input was cleaned on its way in; the user should know how."""
+
+
+def text(value: object, name: str, limit: int = MAX_PROMPT_CHARACTERS) -> str:
+    """A prompt-like string: valid Unicode, not absurdly long; control characters become spaces."""
+    if not isinstance(value, str):
+        raise InputError(f"{name} must be a string, not {type(value).__name__}")
+    if len(value) > limit:
+        raise InputError(f"{name} has {len(value)} characters, more than the {limit} taken "
+                         "(CLIP reads about the first 300); shorten it")
+    bad = _SURROGATE.search(value)
+    if bad:
+        raise InputError(f"{name} holds an invalid character at position {bad.start()} (a lone surrogate, "
+                         f"U+{ord(bad.group()):04X}); give valid Unicode text")
+    cleaned, count = _CONTROL.subn(" ", value)
+    if count:
+        warnings.warn(f"{name}: {count} control character{'s' if count > 1 else ''} replaced by spaces",
+                      InputWarning, stacklevel=2)
+    return cleaned

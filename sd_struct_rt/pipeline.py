@@ -34,7 +34,7 @@ from .manifest import Manifest
 from .sampling import Progress, denoise, initial_latents, to_uint8
 from .structure import analyse
 from .structure.parsers import PARSERS, Parser, make_parser
-from .structure.spans import StructuredPrompt
+from .structure.spans import StructuredPrompt, capped
 from .text import preprocess
 
 MAX_LEVELS = 64
@@ -170,7 +170,8 @@ class StructuredDiffusionPipeline:
         ``parser``: ``spacy``, ``stanza``, ``tree`` or a parser object; by default ``tree`` when
         ``phrases`` or ``trees`` (bracketed, one per sentence) are given, else ``spacy``.
         ``max_levels`` caps the levels per prompt, the full prompt included; extra phrases
-        are dropped with a warning. ``progress`` wraps the iterable of denoising steps.
+        are dropped with a warning. ``progress(done, total)`` is called after each denoising
+        step the caller asked for.
         """
         # 1. check every input before any compute
         request = self.check_inputs(prompt, seed=seed, num_inference_steps=num_inference_steps,
@@ -205,9 +206,12 @@ class StructuredDiffusionPipeline:
         if not prompts:
             raise InputError("prompt is an empty list; give at least one prompt")
         for index, text in enumerate(prompts):
+            name = "the prompt" if single else f"prompt {index}"
+            if not isinstance(text, StructuredPrompt):
+                prompts[index] = text = inputs.text(text, name)
             if not preprocess(text.prompt if isinstance(text, StructuredPrompt) else text):
-                raise InputError(f"{'the prompt' if single else f'prompt {index}'} is empty; say what to draw")
-        negatives = _texts(negative_prompt, "negative_prompt")
+                raise InputError(f"{name} is empty; say what to draw")
+        negatives = [inputs.text(text, "negative_prompt") for text in _texts(negative_prompt, "negative_prompt")]
         if isinstance(negative_prompt, str):
             negatives = negatives * len(prompts)
         elif len(negatives) != len(prompts):
@@ -220,7 +224,7 @@ class StructuredDiffusionPipeline:
         width = self.default_size if width is None else inputs.image_side(width, "width")
         height = self.default_size if height is None else inputs.image_side(height, "height")
         request = Request(prompts=tuple(prompts), negative_prompts=tuple(negatives), seeds=seeds,
-                          steps=inputs.steps(num_inference_steps), guidance_scale=inputs.guidance(guidance_scale),
+                          steps=self._steps(num_inference_steps), guidance_scale=inputs.guidance(guidance_scale),
                           width=width, height=height, mode=mode,
                           parser=None if mode == "plain" else self._parser(parser, phrases, trees),
                           max_levels=min(inputs.whole_number(max_levels, "max_levels", 1, MAX_LEVELS),
@@ -240,6 +244,25 @@ class StructuredDiffusionPipeline:
         profile.check(batch, request.width, request.height, step,
                       rebuild=rebuild_command(self.engine_set.manifest, self.engine_set.folder, **wider))
 
+    def _steps(self, steps: object) -> int:
+        """Steps the scheduler can take: its timesteps must stay inside its training range."""
+        steps = inputs.steps(steps)
+        scheduler = type(self.scheduler).from_config(self.scheduler.config)
+        limit = scheduler.config.num_train_timesteps
+
+        def fits(count: int) -> bool:
+            try:
+                scheduler.set_timesteps(count)
+            except ValueError:
+                return False
+            return bool(((scheduler.timesteps >= 0) & (scheduler.timesteps < limit)).all())
+
+        if not fits(steps):
+            most = next((count for count in range(min(steps, limit), 0, -1) if fits(count)), 1)
+            raise InputError(f"num_inference_steps {steps} is more than {type(self.scheduler).__name__} of this "
+                             f"model can take; use at most {most}")
+        return steps
+
     def _seeds(self, seed: int | Sequence[int], count: int) -> tuple[int, ...]:
         if isinstance(seed, (list, tuple)):
             if len(seed) != count:
@@ -252,7 +275,8 @@ class StructuredDiffusionPipeline:
 
     def _parser(self, name: str | Parser | None, phrases: Sequence[str] | None,
                 trees: Sequence[str] | None) -> Parser:
-        phrases, trees = list(phrases or []), list(trees or [])
+        phrases = [inputs.text(text, "phrases") for text in _texts(phrases or [], "phrases")]
+        trees = [inputs.text(text, "trees", inputs.MAX_TREE_CHARACTERS) for text in _texts(trees or [], "trees")]
         if name is not None and not isinstance(name, str):
             if phrases or trees:
                 raise InputError("phrases and trees go with parser='tree', not with a parser object")
@@ -280,7 +304,9 @@ class StructuredDiffusionPipeline:
     # --- 2.-6. the stages --------------------------------------------------------------------
 
     def structure(self, request: Request) -> list[StructuredPrompt]:
-        return [prompt if isinstance(prompt, StructuredPrompt) else analyse(prompt, request.parser, self.tokenizer)
+        """Each prompt's levels, at most ``max_levels`` of them (one warning per prompt for the rest)."""
+        return [capped(prompt if isinstance(prompt, StructuredPrompt)
+                       else analyse(prompt, request.parser, self.tokenizer), request.max_levels)
                 for prompt in request.prompts]
 
     def encode_text(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -289,7 +315,7 @@ class StructuredDiffusionPipeline:
 
     def condition(self, structured: list[StructuredPrompt], request: Request) -> Conditioning:
         return build_conditioning(self.encode_text, self.tokenizer, structured, list(request.negative_prompts),
-                                  request.mode, request.max_levels)
+                                  request.mode)
 
     def initial_latents(self, request: Request) -> torch.Tensor:
         return initial_latents(list(request.seeds), request.height, request.width, self.facts.latent_channels,
@@ -305,8 +331,7 @@ class StructuredDiffusionPipeline:
                 progress: Progress | None = None) -> torch.Tensor:
         def predict(sample: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
             return self.predict_noise(sample, timestep, conditioning, request.mode)
-        return denoise(predict, self.scheduler, latents, request.steps, request.guidance_scale,
-                       progress or (lambda steps: steps))
+        return denoise(predict, self.scheduler, latents, request.steps, request.guidance_scale, progress)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """``[B, 3, H, W]`` uint8 images on the CPU."""
@@ -327,6 +352,11 @@ class StructuredDiffusionPipeline:
             "mode": request.mode,
             "parser": request.parser.name if request.parser else "none",
             "phrases": json.dumps([{"text": s.text, "span": [s.start, s.end]} for s in prompt.spans]),
+            "dropped_phrases": json.dumps(list(prompt.dropped)),
+            "max_levels": str(request.max_levels),
+            "backend_version": self.networks.version,
+            "precision": self.networks.precision,
+            **({"engine_set": self.engine_set.manifest.digest()} if self.engine_set else {}),
             "sd_struct_rt_version": __version__,
         }
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import Callable
 
 import torch
 
+from .errors import UserError
+
 NoisePredictor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (latents [2B,...], timesteps [2B]) -> noise
-Progress = Callable[[Iterable], Iterable]
+Progress = Callable[[int, int], None]  # (steps done, steps asked for)
 
 
 def initial_latents(seeds: list[int], height: int, width: int, channels: int, scale: int) -> torch.Tensor:
@@ -17,14 +19,18 @@ def initial_latents(seeds: list[int], height: int, width: int, channels: int, sc
 
 
 def denoise(predict_noise: NoisePredictor, scheduler, latents: torch.Tensor, steps: int, guidance_scale: float,
-            progress: Progress = lambda steps: steps) -> torch.Tensor:
-    """Classifier-free guided sampling; the UNet sees the unconditional rows, then the conditional."""
+            progress: Progress | None = None) -> torch.Tensor:
+    """Classifier-free guided sampling; the UNet sees the unconditional rows, then the conditional.
+
+    Latents that stop being finite (a huge guidance scale, an engine that overflows) end the
+    loop with one line naming the step, instead of a black or noisy image.
+    """
     # A fresh scheduler per loop: multistep schedulers (PNDM) carry state from call to call.
     scheduler = type(scheduler).from_config(scheduler.config)
     scheduler.set_timesteps(steps)
     latents = latents * scheduler.init_noise_sigma
-    batch = latents.shape[0]
-    for t in progress(scheduler.timesteps):
+    batch, timesteps, done = latents.shape[0], scheduler.timesteps, 0
+    for index, t in enumerate(timesteps):
         model_input = scheduler.scale_model_input(torch.cat([latents, latents]), t)
         timestep = torch.full((2 * batch,), int(t), dtype=torch.int64)
         # The scheduler keeps the latents on the CPU in float32; a GPU backend's prediction
@@ -32,6 +38,15 @@ def denoise(predict_noise: NoisePredictor, scheduler, latents: torch.Tensor, ste
         unconditional, conditional = predict_noise(model_input, timestep).to("cpu", torch.float32).chunk(2)
         guided = unconditional + guidance_scale * (conditional - unconditional)
         latents = scheduler.step(guided, t, latents, return_dict=False)[0]
+        # Some schedulers visit a timestep twice (PNDM's warm-up, second-order solvers); one of
+        # the caller's steps ends when the timestep moves on.
+        if index + 1 == len(timesteps) or timesteps[index + 1] != t:
+            done = min(done + 1, steps)
+            if not torch.isfinite(latents).all():
+                raise UserError(f"the latents stopped being finite at step {done} of {steps} (guidance scale "
+                                f"{guidance_scale:g}; a scale above about 30 rarely helps); no image was made")
+            if progress is not None:
+                progress(done, steps)
     return latents
 
 

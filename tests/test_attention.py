@@ -181,3 +181,17 @@ def test_level_loop_baseline_computes_the_same_function(unet, inputs, mode):
         ours = structured(unet, mode)(sample, timestep, context, levels, mask)
         loop = LevelLoopUNet(copy.deepcopy(unet), mode)(sample, timestep, context, levels, mask)
     assert relative_error(loop, ours) <= TOLERANCE
+
+
+@pytest.mark.parametrize("mode", ["values", "keys"])
+def test_p3_a_huge_finite_pad_changes_nothing(unet, inputs, mode):
+    """3e38 overflows in the key projection unless the pad is zeroed by the mask first."""
+    sample, timestep, context, levels = inputs(2, 2)
+    padded = torch.cat([levels, torch.full((2, 2, 77, 64), 3e38)], dim=1)
+    mask = torch.tensor([[1.0, 1, 0, 0]] * 2)
+    model = structured(unet, mode)
+    with torch.no_grad():
+        reference = model(sample, timestep, context, levels, torch.ones(2, 2))
+        ours = model(sample, timestep, context, padded, mask)
+    assert torch.isfinite(ours).all()
+    assert relative_error(ours, reference) <= TOLERANCE

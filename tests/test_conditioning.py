@@ -9,7 +9,7 @@ import torch
 
 from sd_struct_rt.conditioning import build_conditioning
 from sd_struct_rt.families.sd1 import TextEmbeddings
-from sd_struct_rt.structure.spans import PhraseSpan, StructuredPrompt, StructureWarning
+from sd_struct_rt.structure.spans import PhraseSpan, StructuredPrompt, StructureWarning, capped
 from sd_struct_rt.text import token_ids
 
 PROMPT = StructuredPrompt("a red car and a white sheep",
@@ -89,10 +89,13 @@ def test_batch_rows_with_different_level_counts_are_padded(tiny):
     assert result.level_states[3, 1:].abs().sum() == 0
 
 
-def test_levels_are_capped_with_a_warning(tiny):
-    many = StructuredPrompt("a b c d e f", tuple(PhraseSpan("a b", 0, 2) for _ in range(5)))
+def test_levels_are_capped_with_one_warning_and_recorded(tiny):
+    many = StructuredPrompt("a b c d e f", tuple(PhraseSpan(f"phrase {i}", 0, 2) for i in range(5)))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = build_conditioning(CountingEncoder(tiny), tiny.tokenizer, [many], [""], "values", max_levels=3)
+        kept = capped(many, max_levels=3)
+    assert [span.text for span in kept.spans] == ["phrase 0", "phrase 1"]
+    assert kept.dropped == ("phrase 2", "phrase 3", "phrase 4")
+    assert [issubclass(w.category, StructureWarning) for w in caught] == [True]  # one line for all three
+    result = build_conditioning(CountingEncoder(tiny), tiny.tokenizer, [kept], [""], "values")
     assert result.level_states.shape[1] == 3
-    assert any(issubclass(w.category, StructureWarning) for w in caught)

@@ -474,7 +474,7 @@ def test_engine_for_the_other_mode_is_refused(tmp_path):
 
 # --- CUDA graphs reach the engines -----------------------------------------------------------
 
-def test_cuda_graphs_reach_every_tensorrt_engine(monkeypatch, tmp_path):
+def test_cuda_graphs_reach_every_tensorrt_engine(fake_tensorrt, monkeypatch, tmp_path):
     import sd_struct_rt.backends.tensorrt_backend as tensorrt_backend
 
     opened = []

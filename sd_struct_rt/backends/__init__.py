@@ -45,6 +45,7 @@ class Networks:
     unets: Mapping[str, Network]  # by the role the stacked levels play: "values" and/or "keys"
     vae_decoder: Network
     precision: str = "fp32"
+    version: str = ""  # of the runtime that runs them, for the PNG metadata
 
     def component(self, name: str, mode: str) -> Network:
         """The network of component ``name`` (``unet``: the one of ``mode``)."""

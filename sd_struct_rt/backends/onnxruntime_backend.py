@@ -142,7 +142,7 @@ class OnnxRuntimeBackend:
         networks = {name: OrtNetwork(files[name], contracts[name], options.device) for name in files}
         unet = networks["unet"]
         return Networks(f"onnxruntime-{unet.device.type}", networks["text_encoder"], {mode: unet},
-                        networks["vae_decoder"])
+                        networks["vae_decoder"], version=self.version())
 
 
 BACKEND = OnnxRuntimeBackend()

@@ -179,7 +179,8 @@ class TensorRTBackend:
             raise UserError(f"TensorRT engines run on CUDA, not on device {options.device!r}")
         engines = {name: TrtEngine(files[name], contracts[name], options.cuda_graphs) for name in files}
         label = "tensorrt" + ("-cuda-graphs" if options.cuda_graphs else "")
-        return Networks(label, engines["text_encoder"], {mode: engines["unet"]}, engines["vae_decoder"])
+        return Networks(label, engines["text_encoder"], {mode: engines["unet"]}, engines["vae_decoder"],
+                        version=self.version())
 
 
 BACKEND = TensorRTBackend()

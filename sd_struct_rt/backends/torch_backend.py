@@ -67,7 +67,7 @@ class TorchBackend:
         shared = networks[MODES[0]]  # text encoder and VAE do not depend on the mode
         label = f"torch-{where.type}" + ("-fp16" if precision == "fp16" else "")
         return Networks(label, shared["text_encoder"], {mode: networks[mode]["unet"] for mode in MODES},
-                        shared["vae_decoder"], precision)
+                        shared["vae_decoder"], precision, torch.__version__)
 
 
 BACKEND = TorchBackend()

@@ -37,23 +37,31 @@ def add_to(commands) -> None:
                         help="interleaved rounds after warm-up [default: 15]")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--out", type=Path, metavar="FILE.json", help="also write the JSON object here")
+    options.add_progress_options(parser)
     parser.set_defaults(run=run)
 
 
 def run(args) -> None:
-    from ..backends import best_engine_backend
+    from ..backends import best_engine_backend, engine_backend
     from ..bench import BenchSettings, run_bench
-    from ..files import atomic_path, check_writable_folder
+    from ..export.build import planned_stages
+    from ..files import check_writable_folder, write_bytes_atomically
     from ..structure.parsers import SpacyParser
 
     if args.out is not None:
         check_writable_folder(args.out)
     backend = best_engine_backend()[0] if args.backend == "auto" else args.backend
+
+    def building(backend: str, mode: str):
+        options.announce(f"building {backend} engines ({mode} mode) for bench into the cache; only the first "
+                         "run does this", args)
+        return options.StageBar(args, f"engines ({mode})", planned_stages(engine_backend(backend)))
+
     result = run_bench(args.model, backend, args.engine,
-                       BenchSettings(levels=args.levels, steps=args.steps, rounds=args.rounds), SpacyParser())
+                       BenchSettings(levels=args.levels, steps=args.steps, rounds=args.rounds), SpacyParser(),
+                       building)
     if args.out is not None:
-        with atomic_path(args.out) as temporary:
-            temporary.write_text(json.dumps(result, indent=2) + "\n")
+        write_bytes_atomically(args.out, (json.dumps(result, indent=2) + "\n").encode(), "benchmark results")
     if args.json:
         print(json.dumps(result))
         return

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from ..backends import REGISTRY, names
@@ -47,13 +46,11 @@ def add_to(commands) -> None:
     parser.add_argument("--timing-cache", type=Path, metavar="FILE",
                         help="TensorRT timing cache to read and update (speeds up rebuilds)")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder of the engine set")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    options.add_progress_options(parser)
     parser.set_defaults(run=run)
 
 
 def run(args) -> None:
-    from tqdm import tqdm
-
     from ..backends import BuildOptions, best_engine_backend, engine_backend
     from ..contract import Profile
     from ..export.build import build_engine_set, planned_stages
@@ -63,23 +60,13 @@ def run(args) -> None:
     if backend == "auto":
         backend, passed_over = best_engine_backend()
         options.announce(f"backend {backend}" + (f" ({', '.join(passed_over)} not available here)"
-                                                 if passed_over else ""))
-    size = args.size or (64, model_facts(args.model).default_size)
-    profile = Profile(batch=args.batch, size=size, levels=args.levels)
-    stages = tqdm(total=planned_stages(engine_backend(backend)), desc="build-engine", unit="stage",
-                  file=sys.stderr, leave=False, disable=args.quiet)
-
-    started = []
-
-    def stage(name: str) -> None:
-        # A stage is counted done when the next one starts, so the bar never runs ahead.
-        if started:
-            stages.update(1)
-        started.append(name)
-        stages.set_postfix_str(name)
-
-    with stages:
-        manifest = build_engine_set(args.model, backend, args.mode, profile, args.precision, args.out, stage,
+                                                 if passed_over else ""), args)
+    profile = Profile(batch=args.batch, size=args.size or (64, model_facts(args.model).default_size),
+                      levels=args.levels)
+    stages = options.StageBar(args, "build-engine", planned_stages(engine_backend(backend)))
+    try:
+        manifest = build_engine_set(args.model, backend, args.mode, profile, args.precision, args.out, stages,
                                     BuildOptions(args.optimization_level, args.timing_cache))
-        stages.update(1)
+    finally:
+        stages.done()
     print(f"wrote {backend} engines ({args.mode} mode, {manifest.precision}) to {args.out}")

@@ -41,7 +41,6 @@ def add_to(commands) -> None:
                         help="image height in pixels, a multiple of 8 [default: the model's]")
     parser.add_argument("--out", type=options.png_path, default=Path("sdrt.png"),
                         help="PNG file to write [default: sdrt.png]")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--engine", type=Path, metavar="DIR",
                         help="run on a built engine set (sdrt build-engine) instead of the torch model")
     parser.add_argument("--backend", choices=["auto", *names()], default="auto",
@@ -58,22 +57,35 @@ def add_to(commands) -> None:
     batch.add_argument("--out-dir", type=Path, metavar="DIR",
                        help="folder for the PNGs of --prompts-file, named NNNN-prompt.png")
     options.add_structure_options(parser, with_plain=True)
+    options.add_progress_options(parser)
     parser.set_defaults(run=run)
 
 
 def read_prompts_file(path: Path) -> list[str]:
-    """Prompts, one per line; an empty line is refused rather than silently skipped."""
+    """Prompts, one per line, each checked as the pipeline checks a prompt; an empty line is
+    refused rather than silently skipped."""
+    import warnings
+
+    from .. import inputs
+    from ..files import os_error_line
     from ..text import preprocess
 
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        text = path.read_bytes().decode("utf-8")
     except FileNotFoundError:
         raise UserError(f"prompts file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise UserError(f"cannot read prompts file {path} ({error})") from None
+    except UnicodeDecodeError as error:
+        raise UserError(f"prompts file {path} is not UTF-8 text (byte {error.start}); save it as UTF-8") from None
+    except OSError as error:
+        raise UserError(os_error_line(error, "read prompts file", path)) from None
+    if text.startswith("\ufeff"):
+        warnings.warn(f"prompts file {path} starts with a byte-order mark; it was ignored", inputs.InputWarning)
+        text = text[1:]
+    lines = text.splitlines()
     if not lines:
         raise UserError(f"prompts file {path} is empty; write one prompt per line")
     for number, line in enumerate(lines, start=1):
+        lines[number - 1] = line = inputs.text(line, f"{path} line {number}")
         if not preprocess(line):
             raise UserError(f"{path} line {number} is empty; write one prompt per line, no blank lines")
     return lines
@@ -87,23 +99,31 @@ def output_name(index: int, prompt: str) -> str:
 
 
 def _targets(args) -> list[tuple[str, int, Path]]:
-    """(prompt, seed, output path) of every image asked for, checked before any work."""
+    """(prompt, seed, output path) of every image asked for, checked before any model loads."""
+    from .. import inputs
     from ..files import check_writable_folder
+    from ..text import preprocess
 
     if args.prompts_file is None:
         if args.prompt is None:
             raise UserError("give a prompt, or --prompts-file FILE with one prompt per line")
         if args.out_dir is not None:
             raise UserError("--out-dir goes with --prompts-file; for one prompt use --out FILE.png")
+        prompt = inputs.text(args.prompt, "the prompt")
+        if not preprocess(prompt):
+            raise UserError("the prompt is empty; say what to draw")
         check_writable_folder(args.out)
-        return [(args.prompt, args.seed, args.out)]
+        return [(prompt, args.seed, args.out)]
     if args.prompt is not None:
         raise UserError("give either a prompt or --prompts-file, not both")
     if args.out_dir is None:
         raise UserError("--prompts-file needs --out-dir DIR for its images")
     prompts = read_prompts_file(args.prompts_file)
+    if args.seed + len(prompts) - 1 > inputs.MAX_SEED:
+        raise UserError(f"--seed {args.seed} leaves no room for {len(prompts)} prompts (line i gets seed + i - 1)")
     paths = [args.out_dir / output_name(i, prompt) for i, prompt in enumerate(prompts)]
-    check_writable_folder(paths[0], "--out-dir")
+    if args.out_dir.exists():
+        check_writable_folder(paths[0], "--out-dir")
     return [(prompt, args.seed + i, path) for i, (prompt, path) in enumerate(zip(prompts, paths))]
 
 
@@ -126,11 +146,26 @@ def open_pipeline(args):
 
 
 def run(args) -> None:
-    from ..structure import analyse
-    from ..text import content_tokens, token_count
+    from ..files import reporting
 
     targets = _targets(args)
     parser = None if args.mode == "plain" else options.chosen_parser(args)
+    created = None
+    if args.out_dir is not None and not args.out_dir.exists():
+        with reporting("create --out-dir", args.out_dir):
+            args.out_dir.mkdir(parents=True)
+        created = args.out_dir
+    try:
+        _generate(args, targets, parser)
+    finally:
+        if created is not None and not any(created.iterdir()):
+            created.rmdir()  # made for this run, which wrote nothing into it
+
+
+def _generate(args, targets: list[tuple[str, int, Path]], parser) -> None:
+    from ..structure import analyse
+    from ..text import content_tokens, token_count
+
     pipe = open_pipeline(args)
     common = dict(num_inference_steps=args.steps, guidance_scale=args.guidance, negative_prompt=args.negative_prompt,
                   width=args.width, height=args.height, mode=args.mode, parser=parser, max_levels=args.max_levels)
@@ -147,10 +182,13 @@ def run(args) -> None:
                 raise UserError(f"{args.prompts_file} line {line} has {count} tokens but CLIP reads {limit}; "
                                 "shorten it")
     structured = [analyse(prompt, parser, pipe.tokenizer) for prompt in prompts]
-    options.announce(f"backend {pipe.backend}")  # every input checked by now
+    options.announce(f"backend {pipe.backend}", args)  # every input checked by now
     for number, batch in enumerate(batches, start=1):
-        label = "denoising" if len(batches) == 1 else f"batch {number}/{len(batches)}"
-        result = pipe(structured[batch], seed=seeds[batch], progress=options.progress(args.quiet, label), **common)
+        bar = options.ProgressBar(args, "denoising" if len(batches) == 1 else f"batch {number}/{len(batches)}")
+        try:
+            result = pipe(structured[batch], seed=seeds[batch], progress=bar, **common)
+        finally:
+            bar.close()
         for index, out in enumerate(outs[batch]):
             result.save(index, out)
     print(f"wrote {outs[0] if len(outs) == 1 else f'{len(outs)} images in {args.out_dir}'}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
 from .. import inputs
 from ..errors import InputError, UserError
@@ -103,14 +103,61 @@ def chosen_parser(args):
     return make_parser(name, args.tree, args.phrase, args.spacy_model)
 
 
-def progress(quiet: bool, description: str, unit: str = "step") -> Callable[[Iterable], Iterable]:
-    from tqdm import tqdm
-
-    def wrap(items):
-        return tqdm(items, desc=description, unit=unit, disable=quiet, leave=False, file=sys.stderr)
-    return wrap
+def add_progress_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quiet", action="store_true", help="no progress bar and no status lines")
+    parser.add_argument("--progress", action="store_true",
+                        help="progress bars even when stderr is not a terminal (a log file, a CI job)")
 
 
-def announce(message: str) -> None:
-    """One status line on stderr, so stdout stays what a script reads."""
-    print(f"sdrt: {message}", file=sys.stderr)
+def shows_progress(args) -> bool:
+    """Bars only on a terminal, unless asked for; never with --quiet."""
+    return not args.quiet and (args.progress or sys.stderr.isatty())
+
+
+class ProgressBar:
+    """A ``progress(done, total)`` callback drawing one bar on stderr, created at the first call."""
+
+    def __init__(self, args, description: str, unit: str = "step"):
+        self.enabled, self.description, self.unit = shows_progress(args), description, unit
+        self.bar = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        if self.bar is None:
+            self.bar = tqdm(total=total, desc=self.description, unit=self.unit, leave=False, file=sys.stderr)
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class StageBar:
+    """Named stages of a long job as a bar: a stage counts as done when the next one starts, so
+    the bar never runs ahead. Call it with each stage's name; ``done()`` when all are."""
+
+    def __init__(self, args, description: str, total: int):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, desc=description, unit="stage", file=sys.stderr, leave=False,
+                        disable=not shows_progress(args))
+        self.started = False
+
+    def __call__(self, name: str) -> None:
+        if self.started:
+            self.bar.update(1)
+        self.started = True
+        self.bar.set_postfix_str(name)
+
+    def done(self) -> None:
+        self.bar.update(self.bar.total - self.bar.n)
+        self.bar.close()
+
+
+def announce(message: str, args=None) -> None:
+    """One status line on stderr (stdout stays what a script reads); none with --quiet."""
+    if args is None or not getattr(args, "quiet", False):
+        print(f"sdrt: {message}", file=sys.stderr)

@@ -35,38 +35,50 @@ def add_to(commands) -> None:
     parser.set_defaults(run=run)
 
 
-def _analysis(prompt: str, parser, tokenizer) -> dict:
+def _analysis(prompt: str, parser, tokenizer) -> tuple[dict, tuple[str, ...]]:
+    """The JSON object of one prompt, and the phrases that were found but dropped."""
     from ..structure import analyse
     from ..text import tokenize_with_offsets
 
     structured = analyse(prompt, parser, tokenizer)
-    return {"prompt": structured.prompt, "tokens": list(tokenize_with_offsets(tokenizer, structured.prompt).tokens),
-            "phrases": [{"text": span.text, "span": [span.start, span.end]} for span in structured.spans]}
+    analysis = {"prompt": structured.prompt,
+                "tokens": list(tokenize_with_offsets(tokenizer, structured.prompt).tokens),
+                "phrases": [{"text": span.text, "span": [span.start, span.end]} for span in structured.spans]}
+    return analysis, structured.dropped
 
 
-def _print_table(analysis: dict) -> None:
+def _print_table(analysis: dict, dropped: tuple[str, ...], parser) -> None:
+    from ..structure.spans import quoted_list
+
     print(f"prompt: {analysis['prompt']}")
     print(f"tokens: {' '.join(f'{i}:{token}' for i, token in enumerate(analysis['tokens']))}")
-    if not analysis["phrases"]:
-        print("no phrase of two or more words: the prompt is one level (plain SD)")
     for level, phrase in enumerate(analysis["phrases"], start=1):
         print(f"level {level}: [{phrase['span'][0]:>2}, {phrase['span'][1]:>2})  {phrase['text']}")
+    if dropped:
+        print(f"dropped: {quoted_list(dropped, limit=len(dropped))} (they start after the tokens CLIP reads)")
+    elif not analysis["phrases"]:
+        if parser.phrases(analysis["prompt"]):
+            print("no levels: the only noun phrase is the whole prompt, which is level 0 already (plain SD)")
+        else:
+            print("no levels: no noun phrase of two or more words (plain SD)")
 
 
 def run(args) -> None:
+    from .. import inputs
     from ..model import load_tokenizer
     from .generate import read_prompts_file
 
     if (args.prompt is None) == (args.prompts_file is None):
         raise UserError("give either a prompt or --prompts-file FILE, not both and not neither")
-    prompts = [args.prompt] if args.prompts_file is None else read_prompts_file(args.prompts_file)
+    prompts = ([inputs.text(args.prompt, "the prompt")] if args.prompts_file is None
+               else read_prompts_file(args.prompts_file))
     parser = options.chosen_parser(args)
     tokenizer = load_tokenizer(args.model)
     for number, prompt in enumerate(prompts):
-        analysis = _analysis(prompt, parser, tokenizer)
+        analysis, dropped = _analysis(prompt, parser, tokenizer)
         if args.json:
             print(json.dumps(analysis, ensure_ascii=False), flush=True)
         else:
             if number:
                 print()
-            _print_table(analysis)
+            _print_table(analysis, dropped, parser)

@@ -15,5 +15,4 @@ def analyse(prompt: str, parser: Parser | None, tokenizer) -> StructuredPrompt:
         raise InputError("the prompt is empty; say what to draw")
     if parser is None:
         return StructuredPrompt(text, ())
-    tokenized = tokenize_with_offsets(tokenizer, text)
-    return StructuredPrompt(text, tuple(token_spans(tokenized, parser.phrases(text))))
+    return token_spans(tokenize_with_offsets(tokenizer, text), parser.phrases(text))

@@ -32,10 +32,31 @@ class PhraseSpan:
 
 @dataclass(frozen=True)
 class StructuredPrompt:
-    """What the structure stage hands to conditioning: the preprocessed prompt and its levels."""
+    """What the structure stage hands to conditioning: the preprocessed prompt and its levels.
+
+    ``dropped`` are phrases the parser found that are not levels: past the tokens the text
+    encoder reads, or beyond the levels allowed.
+    """
 
     prompt: str
     spans: tuple[PhraseSpan, ...]
+    dropped: tuple[str, ...] = ()
+
+
+def quoted_list(texts: list[str] | tuple[str, ...], limit: int = 3) -> str:
+    shown = ", ".join(repr(text if len(text) <= 40 else text[:37] + "...") for text in texts[:limit])
+    return shown + (f" and {len(texts) - limit} more" if len(texts) > limit else "")
+
+
+def capped(prompt: StructuredPrompt, max_levels: int) -> StructuredPrompt:
+    """At most ``max_levels - 1`` phrases (the full prompt is always a level); one warning for the rest."""
+    room = max_levels - 1
+    if len(prompt.spans) <= room:
+        return prompt
+    extra = tuple(span.text for span in prompt.spans[room:])
+    warnings.warn(f"only {room} phrases fit in {max_levels} levels; dropped {quoted_list(extra)}",
+                  StructureWarning, stacklevel=2)
+    return StructuredPrompt(prompt.prompt, prompt.spans[:room], prompt.dropped + extra)
 
 
 def _token_range(tokenized: TokenizedPrompt, phrase: Phrase) -> tuple[int, int]:
@@ -47,19 +68,22 @@ def _token_range(tokenized: TokenizedPrompt, phrase: Phrase) -> tuple[int, int]:
     return overlapping[0], overlapping[-1] + 1
 
 
-def token_spans(tokenized: TokenizedPrompt, phrases: list[Phrase]) -> list[PhraseSpan]:
+def token_spans(tokenized: TokenizedPrompt, phrases: list[Phrase]) -> StructuredPrompt:
     """Token spans of ``phrases`` in their order, without whole-prompt spans, clipped to the tokens
-    the text encoder reads (75 for CLIP)."""
+    the text encoder reads (75 for CLIP); one warning names every phrase that starts beyond them."""
     whole, capacity = (0, len(tokenized.tokens)), tokenized.capacity
-    spans = []
+    spans, dropped = [], []
     for phrase in phrases:
         text = tokenized.prompt[phrase.start_char:phrase.end_char]
         start, end = _token_range(tokenized, phrase)
         if (start, end) == whole:
             continue
         if start >= capacity:
-            warnings.warn(f"phrase {text!r} starts after token {capacity} and is dropped "
-                          f"(CLIP reads only the first {capacity} tokens)", StructureWarning, stacklevel=2)
-            continue
-        spans.append(PhraseSpan(text, start, min(end, capacity)))
-    return spans
+            dropped.append(text)
+        else:
+            spans.append(PhraseSpan(text, start, min(end, capacity)))
+    if dropped:
+        warnings.warn(f"{len(dropped)} phrase{'s' if len(dropped) > 1 else ''} start after token {capacity} and "
+                      f"{'are' if len(dropped) > 1 else 'is'} dropped (CLIP reads only the first {capacity} tokens): "
+                      f"{quoted_list(dropped)}", StructureWarning, stacklevel=2)
+    return StructuredPrompt(tokenized.prompt, tuple(spans), tuple(dropped))

@@ -19,15 +19,31 @@ class TreeLike(Protocol):
     def children(self) -> Sequence["TreeLike"]: ...
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Tree:
+    """A node: ``label`` and ``children`` (a leaf has none, and its label is the word).
+
+    Every walk below is iterative: a user's bracketed tree may be nested far deeper than
+    Python's recursion limit.
+    """
+
     label: str
     children: tuple["Tree", ...] = ()
 
     def __str__(self) -> str:
-        if not self.children:
-            return self.label
-        return "(" + " ".join([self.label, *map(str, self.children)]) + ")"
+        parts: list[str] = []
+        stack: list[TreeLike | str] = [self]
+        while stack:
+            node = stack.pop()
+            if isinstance(node, str):
+                parts.append(node)
+            elif not node.children:
+                parts.append(" " + node.label)
+            else:
+                parts.append(" (" + node.label)
+                stack.append(")")
+                stack.extend(reversed(node.children))
+        return "".join(parts).lstrip()
 
 
 # Penn Treebank escapes brackets in leaves; the prompt has the real characters.
@@ -37,33 +53,38 @@ _PTB_ESCAPES = {"-LRB-": "(", "-RRB-": ")", "-LSB-": "[", "-RSB-": "]", "-LCB-":
 
 def leaf_words(tree: TreeLike) -> list[str]:
     """The tree's words, left to right, with Penn escapes undone."""
-    if not tree.children:
-        return [_PTB_ESCAPES.get(tree.label, tree.label)]
-    return [word for child in tree.children for word in leaf_words(child)]
+    words, stack = [], [tree]
+    while stack:
+        node = stack.pop()
+        if not node.children:
+            words.append(_PTB_ESCAPES.get(node.label, node.label))
+        else:
+            stack.extend(reversed(node.children))
+    return words
 
 
 def noun_phrase_leaf_ranges(tree: TreeLike) -> list[tuple[int, int]]:
     """Half-open leaf-index ranges of every ``NP`` with two or more leaves, in pre-order."""
-    ranges: list[tuple[int, int]] = []
-
-    def visit(node: TreeLike, first_leaf: int) -> int:
+    ranges: list[tuple[int, int] | None] = []
+    leaves = 0
+    # (node, None) visits a node; (None, slot) closes the NP whose range sits at ranges[slot].
+    stack: list[tuple[TreeLike | None, int | None]] = [(tree, None)]
+    starts: dict[int, int] = {}
+    while stack:
+        node, closing = stack.pop()
+        if node is None:
+            start = starts.pop(closing)
+            ranges[closing] = (start, leaves) if leaves - start >= 2 else None
+            continue
         if not node.children:
-            return first_leaf + 1
-        slot = len(ranges)
+            leaves += 1
+            continue
         if node.label == "NP":
-            ranges.append((first_leaf, first_leaf))  # end filled in once the children are walked
-        end = first_leaf
-        for child in node.children:
-            end = visit(child, end)
-        if node.label == "NP":
-            if end - first_leaf >= 2:
-                ranges[slot] = (first_leaf, end)
-            else:
-                del ranges[slot]
-        return end
-
-    visit(tree, 0)
-    return ranges
+            starts[len(ranges)] = leaves
+            stack.append((None, len(ranges)))
+            ranges.append(None)  # filled in once the children are walked
+        stack.extend((child, None) for child in reversed(node.children))
+    return [found for found in ranges if found is not None]
 
 
 def read_bracketed(text: str) -> Tree:
@@ -71,32 +92,40 @@ def read_bracketed(text: str) -> Tree:
     tokens = text.replace("(", " ( ").replace(")", " ) ").split()
     if not tokens:
         raise InputError("empty tree: give a bracketed tree such as '(ROOT (NP (DT a) (NN cat)))'")
-    position = 0
-
-    def parse() -> Tree:
-        nonlocal position
-        if tokens[position] != "(":
-            word = tokens[position]
-            position += 1
-            return Tree(word)
-        position += 1
-        if position >= len(tokens) or tokens[position] in "()":
-            raise InputError(f"malformed tree {text!r}: every '(' must be followed by a label")
-        label = tokens[position]
-        position += 1
-        children = []
-        while position < len(tokens) and tokens[position] != ")":
-            children.append(parse())
-        if position >= len(tokens):
-            raise InputError(f"unbalanced tree {text!r}: a ')' is missing")
-        position += 1
-        if not children:
-            raise InputError(f"malformed tree {text!r}: node {label!r} has no word below it")
-        return Tree(label, tuple(children))
-
     if tokens[0] != "(":
-        raise InputError(f"malformed tree {text!r}: a tree starts with '('")
-    tree = parse()
-    if position != len(tokens):
-        raise InputError(f"unbalanced tree {text!r}: text after the tree's last ')'")
-    return tree
+        raise InputError(f"malformed tree {_short(text)}: a tree starts with '('")
+    open_nodes: list[tuple[str, list[Tree]]] = []  # label and children of every '(' not yet closed
+    root = None
+    position = 0
+    while position < len(tokens):
+        token = tokens[position]
+        if root is not None:
+            raise InputError(f"unbalanced tree {_short(text)}: text after the tree's last ')'")
+        if token == "(":
+            label = tokens[position + 1] if position + 1 < len(tokens) else ")"
+            if label in "()":
+                raise InputError(f"malformed tree {_short(text)}: every '(' must be followed by a label")
+            open_nodes.append((label, []))
+            position += 2
+            continue
+        if token == ")":
+            if not open_nodes:
+                raise InputError(f"unbalanced tree {_short(text)}: a ')' has no '('")
+            label, children = open_nodes.pop()
+            if not children:
+                raise InputError(f"malformed tree {_short(text)}: node {label!r} has no word below it")
+            node = Tree(label, tuple(children))
+            if open_nodes:
+                open_nodes[-1][1].append(node)
+            else:
+                root = node
+        else:
+            open_nodes[-1][1].append(Tree(token))
+        position += 1
+    if root is None:
+        raise InputError(f"unbalanced tree {_short(text)}: a ')' is missing")
+    return root
+
+
+def _short(text: str) -> str:
+    return repr(text if len(text) <= 80 else text[:77] + "...")
