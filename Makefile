@@ -15,10 +15,12 @@ DEMO_PROMPT := a red car and a white sheep
 $(PYTHON):
 	python3 -m venv $(VENV)
 
+# PYTHONWARNINGS=ignore: setuptools explains editable installs at length on every install;
+# errors still show.
 $(STAMP): pyproject.toml Makefile | $(PYTHON)
 	$(PYTHON) -m pip install --quiet --upgrade pip
 	$(PYTHON) -m pip install --quiet $(TORCH)
-	$(PYTHON) -m pip install --quiet -e ".[$(EXTRAS)]"
+	PYTHONWARNINGS=ignore $(PYTHON) -m pip install --quiet -e ".[$(EXTRAS)]"
 	touch $@
 
 install: $(STAMP)

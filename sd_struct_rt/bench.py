@@ -122,14 +122,15 @@ def run_bench(model_ref: str, backend: str, engine: Path | None, settings: Bench
     from .level_loop import LevelLoopUNet
 
     generator = torch.Generator().manual_seed(0)
-    reference = StructuredDiffusionPipeline.from_pretrained(model_ref)
-    if backend == "torch":
-        pipe, keys_pipe = reference, reference
-    else:
+    # Engines first: a damaged or mismatched set is refused before any model loads.
+    if backend != "torch":
         pipe = StructuredDiffusionPipeline.from_engines(
             engine or cached_engine_set(model_ref, backend, "values", building))
         keys_pipe = (StructuredDiffusionPipeline.from_engines(cached_engine_set(model_ref, backend, "keys", building))
                      if engine is None else None)
+    reference = StructuredDiffusionPipeline.from_pretrained(model_ref)
+    if backend == "torch":
+        pipe, keys_pipe = reference, reference
     sample, timestep, conditioning = unet_call(pipe, settings.levels, generator)
     plain = Conditioning(conditioning.encoder_hidden_states, conditioning.encoder_hidden_states[:, None],
                          torch.ones(2, 1))  # one level, the full prompt: plain SD (SPEC P1)

@@ -48,13 +48,25 @@ def os_error_line(error: OSError, action: str, path: Path | str) -> str:
     return f"cannot {action} {path}: {advice}"
 
 
+def os_error_of(error: BaseException) -> OSError | None:
+    """The OS error behind ``error``: itself, or one that a Rust-backed library (safetensors,
+    tokenizers) reported as text ending in '(os error N)'."""
+    if isinstance(error, OSError):
+        return error
+    found = re.search(r"\(os error (\d+)\)", str(error))
+    return OSError(int(found.group(1)), os.strerror(int(found.group(1)))) if found else None
+
+
 @contextlib.contextmanager
 def reporting(action: str, path: Path | str) -> Iterator[None]:
-    """Turn an ``OSError`` in the block into a one-line ``UserError``: 'cannot <action> <path>: ...'."""
+    """Turn an OS error in the block into a one-line ``UserError``: 'cannot <action> <path>: ...'."""
     try:
         yield
-    except OSError as error:
-        raise UserError(os_error_line(error, action, path)) from None
+    except Exception as error:
+        os_error = None if isinstance(error, UserError) else os_error_of(error)
+        if os_error is None:
+            raise
+        raise UserError(os_error_line(os_error, action, path)) from None
 
 
 def current_umask() -> int:

@@ -185,3 +185,16 @@ def test_missing_onnxruntime_is_one_user_error(tiny, graphs, monkeypatch):
 def test_a_graph_of_another_mode_is_refused(tiny, graphs):
     with pytest.raises(UserError, match="value_states.*not.*key_states.*rebuild"):
         OrtNetwork(graphs["values"], contract(tiny, "unet", "keys"), device="cpu")
+
+
+@pytest.mark.parametrize("mode", ["values", "keys"])
+def test_p3_holds_in_the_exported_graph_for_a_huge_pad(tiny, graphs, mode, fresh_generator):
+    """The mask zeroes padded levels inside the engine too: a 3e38 pad must not become inf or NaN."""
+    onnx_unet = OrtNetwork(graphs[mode], contract(tiny, "unet", mode), device="cpu")
+    inputs = unet_inputs(onnx_unet.contract, [2, 1], 8, 8, fresh_generator)
+    level_input = {"values": "value_states", "keys": "key_states"}[mode]
+    huge = dict(inputs, **{level_input: inputs[level_input].clone()})
+    huge[level_input][1, 1:] = 3e38  # the padded level of the second row
+    got, expected = only(onnx_unet(**huge)), only(onnx_unet(**inputs))
+    assert torch.isfinite(got).all()
+    assert relative_error(got, expected) <= ORT_TOLERANCE

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from ..backends import names
+from ..errors import UserError
 from . import options
 
 EXAMPLE = """examples:
@@ -50,7 +51,14 @@ def run(args) -> None:
 
     if args.out is not None:
         check_writable_folder(args.out)
-    backend = best_engine_backend()[0] if args.backend == "auto" else args.backend
+    if args.engine is not None:
+        from ..manifest import read_manifest
+
+        backend = read_manifest(args.engine).backend  # a damaged set is refused here, before any model loads
+        if args.backend not in ("auto", backend):
+            raise UserError(f"{args.engine} holds {backend} engines, not {args.backend}; drop --backend")
+    else:
+        backend = best_engine_backend()[0] if args.backend == "auto" else args.backend
 
     def building(backend: str, mode: str):
         options.announce(f"building {backend} engines ({mode} mode) for bench into the cache; only the first "

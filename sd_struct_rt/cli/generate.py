@@ -123,6 +123,9 @@ def _targets(args) -> list[tuple[str, int, Path]]:
         raise UserError(f"--seed {args.seed} leaves no room for {len(prompts)} prompts (line i gets seed + i - 1)")
     paths = [args.out_dir / output_name(i, prompt) for i, prompt in enumerate(prompts)]
     if args.out_dir.exists():
+        for path in paths:  # a folder in an image's place is refused now, not after the images before it
+            if path.is_dir():
+                raise UserError(f"--out-dir {path} is a folder; give a file name")
         check_writable_folder(paths[0], "--out-dir")
     return [(prompt, args.seed + i, path) for i, (prompt, path) in enumerate(zip(prompts, paths))]
 
