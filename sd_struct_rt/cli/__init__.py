@@ -25,8 +25,11 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM (docker stop, systemd, Kubernetes) unwinds like Ctrl-C: every clean-up runs."""
 
 
-def _terminate(signum, frame):
-    raise Terminated()
+def _on_signal(signum, frame):
+    # Python ignores an exception raised while it runs a weakref callback or __del__ (an import
+    # lock's, say): the signal is also recorded, and every progress callback raises it again.
+    options.PENDING_SIGNALS.append(signum)
+    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
 
 def build_parser() -> options.OneLineParser:
@@ -69,9 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_libraries()
     warnings.showwarning = _one_line_warning
-    previous = signal.signal(signal.SIGTERM, _terminate)
+    options.PENDING_SIGNALS.clear()
+    previous = {number: signal.signal(number, _on_signal) for number in (signal.SIGTERM, signal.SIGINT)}
     try:
         args.run(args)
+        options.raise_pending_signal()  # one that arrived where Python could not raise it
     except UserError as error:
         print(f"sdrt: error: {error}", file=sys.stderr)
         return options.EXIT_USER_ERROR
@@ -84,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sdrt: error: {os_error_line(error, 'use', error.filename or 'a file')}", file=sys.stderr)
         return options.EXIT_USER_ERROR
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
     return 0
 
 

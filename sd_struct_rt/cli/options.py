@@ -11,6 +11,17 @@ from .. import inputs
 from ..errors import InputError, UserError
 
 EXIT_USER_ERROR = 2
+PENDING_SIGNALS: list[int] = []  # SIGINT/SIGTERM received during this command
+
+
+def raise_pending_signal() -> None:
+    """Raise a signal received earlier whose exception Python had to drop (see cli._on_signal)."""
+    if PENDING_SIGNALS:
+        import signal
+
+        from . import Terminated
+
+        raise Terminated() if PENDING_SIGNALS[0] == signal.SIGTERM else KeyboardInterrupt()
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -122,6 +133,7 @@ class ProgressBar:
         self.bar = None
 
     def __call__(self, done: int, total: int) -> None:
+        raise_pending_signal()
         if not self.enabled:
             return
         from tqdm import tqdm
@@ -147,6 +159,7 @@ class StageBar:
         self.started = False
 
     def __call__(self, name: str) -> None:
+        raise_pending_signal()
         if self.started:
             self.bar.update(1)
         self.started = True
