@@ -19,7 +19,8 @@ from sd_struct_rt.errors import InputError, UserError
 from sd_struct_rt.families import COMPONENTS
 from sd_struct_rt.files import (clear_stale_staging, exclusive_lock, lock_path_for, remove_entry, reporting,
                                 staged_prefix, staging_path)
-from sd_struct_rt.manifest import MANIFEST_NAME, Manifest, file_sha256, foreign_entries, read_manifest
+from sd_struct_rt.manifest import (MANIFEST_NAME, Manifest, OutdatedManifest, file_sha256, foreign_entries,
+                                   read_manifest)
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt")
 # Stages every build announces besides its backend's own: load, three exports, graph checks, manifest.
@@ -52,11 +53,13 @@ def check_replaceable(destination: Path) -> None:
     if not (destination / MANIFEST_NAME).is_file():
         raise UserError(f"{destination} exists and is not an engine set (no {MANIFEST_NAME}); choose another --out")
     try:
-        manifest = read_manifest(destination)
+        file_names = list(read_manifest(destination).files)
+    except OutdatedManifest as outdated:  # a set of ours from an older sdrt: its manifest still names its files
+        file_names = outdated.file_names
     except UserError:
         raise UserError(f"{destination} holds a {MANIFEST_NAME} that sdrt cannot read, so its files may not be ours; "
                         "choose another --out, or delete the folder yourself") from None
-    foreign = foreign_entries(manifest, destination)
+    foreign = foreign_entries(file_names, destination)
     if foreign:
         raise UserError(f"{destination} is an engine set with files its manifest does not name ({foreign[0]}"
                         f"{f' and {len(foreign) - 1} more' if len(foreign) > 1 else ''}); they may be yours, so "

@@ -32,6 +32,7 @@ class BenchSettings:
     warmup: int = 3
     rounds: int = 15
     prompt: str = "a red car and a white sheep on a green hill"
+    scheduler: str | None = None  # the model's own
 
 
 def cached_engine_set(model_ref: str, backend: str, mode: str, building: Building | None = None) -> Path:
@@ -71,7 +72,7 @@ def unet_call(pipe: StructuredDiffusionPipeline, levels: int,
     facts = pipe.facts
     side = facts.default_size // facts.vae_scale_factor
     context = torch.randn(2, facts.tokens, facts.text_width, generator=generator)
-    return (torch.randn(2, facts.latent_channels, side, side, generator=generator), torch.full((2,), 500),
+    return (torch.randn(2, facts.latent_channels, side, side, generator=generator), torch.full((2,), 500.0),
             Conditioning(context, torch.randn(2, levels, facts.tokens, facts.text_width, generator=generator),
                          torch.ones(2, levels)))
 
@@ -80,11 +81,11 @@ def stage_latencies(pipe: StructuredDiffusionPipeline, parser, settings: BenchSe
     """Median latency of each pipeline stage for one prompt, and of the whole generation."""
     side = pipe.default_size
     request = pipe.check_inputs(settings.prompt, num_inference_steps=settings.steps, width=side, height=side,
-                                parser=parser)
+                                parser=parser, scheduler=settings.scheduler)
     structured = pipe.structure(request)
     conditioning = pipe.condition(structured, request)
     latents = pipe.initial_latents(request)
-    model_input, timestep = torch.cat([latents, latents]), torch.full((2,), 500)
+    model_input, timestep = torch.cat([latents, latents]), torch.full((2,), 500.0)
     candidates = {
         "parse": lambda: pipe.structure(request),
         "text_encode": lambda: pipe.condition(structured, request),
@@ -94,7 +95,7 @@ def stage_latencies(pipe: StructuredDiffusionPipeline, parser, settings: BenchSe
     timings = interleaved(candidates, warmup=settings.warmup, rounds=settings.rounds)
     result = {name: timing.as_dict() for name, timing in timings.items()}
     end = interleaved({"end_to_end": lambda: pipe(settings.prompt, num_inference_steps=settings.steps, width=side,
-                                                  height=side, parser=parser)},
+                                                  height=side, parser=parser, scheduler=settings.scheduler)},
                       warmup=1, rounds=max(3, settings.rounds // 5))
     result["end_to_end"] = end["end_to_end"].as_dict() | {"steps": settings.steps,
                                                           "levels": len(structured[0].spans) + 1}
@@ -109,7 +110,8 @@ def throughput(pipe: StructuredDiffusionPipeline, parser, settings: BenchSetting
     rows = []
     for batch in [size for size in settings.batch_sizes if size <= limit]:
         def run(batch=batch):
-            pipe([structured] * batch, num_inference_steps=settings.steps, width=side, height=side, parser=parser)
+            pipe([structured] * batch, num_inference_steps=settings.steps, width=side, height=side, parser=parser,
+                 scheduler=settings.scheduler)
         timing = interleaved({"run": run}, warmup=1, rounds=3)["run"]
         rows.append({"batch": batch, "images_per_second": round(batch / (timing.median_ms / 1e3), 3),
                      "median_ms": round(timing.median_ms, 1)})
@@ -165,6 +167,7 @@ def run_bench(model_ref: str, backend: str, engine: Path | None, settings: Bench
         "backend": pipe.backend,
         "image_size": pipe.default_size,
         "levels": settings.levels,
+        "scheduler": settings.scheduler or "the model's own",
         "machine": machine_description(),
         "unet_call": {name: timing.as_dict() for name, timing in timings.items()},
         "ratios": {name: round(value, 4) for name, value in ratios.items()},

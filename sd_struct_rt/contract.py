@@ -64,6 +64,12 @@ def standard_normal(shape: tuple[int, ...], generator: torch.Generator) -> torch
     return torch.randn(shape, generator=generator)
 
 
+def uniform_below(high: float) -> Callable[[tuple[int, ...], torch.Generator], torch.Tensor]:
+    def draw(shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+        return torch.rand(shape, generator=generator) * high
+    return draw
+
+
 def integers_below(high: int, dtype: torch.dtype) -> Callable[[tuple[int, ...], torch.Generator], torch.Tensor]:
     def draw(shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
         return torch.randint(0, high, shape, generator=generator, dtype=dtype)
@@ -76,6 +82,7 @@ class TensorSpec:
     dtype: torch.dtype
     dims: tuple[Dim, ...]
     draw: Callable[[tuple[int, ...], torch.Generator], torch.Tensor] = standard_normal  # a sample value
+    exact: bool = False  # keeps its dtype when a backend runs the network in reduced precision
 
     def shape_at(self, sizes: Mapping[str, int]) -> tuple[int, ...]:
         """The shape when every axis has the size ``sizes[symbol]``."""

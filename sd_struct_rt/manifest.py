@@ -25,7 +25,8 @@ from .files import STAGING_MARK, os_error_line
 
 MANIFEST_NAME = "manifest.json"
 # 2: the model's facts (family, text width, sizes) replace the SD 1.x-only model_config.
-FORMAT_VERSION = 2
+# 3: the UNet's timestep is float32 (exact fractional timesteps), no longer int64.
+FORMAT_VERSION = 3
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -125,16 +126,44 @@ def _is_plain_relative(name: str) -> bool:
         and name == str(path) and name != MANIFEST_NAME
 
 
+class OutdatedManifest(UserError):
+    """A manifest sdrt wrote in an older format: refused, but its set may be rebuilt in place."""
+
+    def __init__(self, message: str, file_names: list[str]):
+        super().__init__(message)
+        self.file_names = file_names
+
+
+def _outdated(data: dict, path: Path) -> OutdatedManifest:
+    """The refusal of an older set, with the command that rebuilds it from what its manifest says."""
+    folder = path.parent
+    files = data.get("files")
+    names = [name for name in files if isinstance(name, str)] if isinstance(files, dict) else []
+    options = {key: data[key] for key in ("model_id", "backend", "mode", "precision") if isinstance(data.get(key), str)}
+    profile = data.get("profile") if isinstance(data.get("profile"), dict) else {}
+    for key in ("batch", "size"):
+        value = profile.get(key)
+        if isinstance(value, list) and len(value) == 2 and all(isinstance(side, int) for side in value):
+            options[key] = f"{value[0]}:{value[1]}"
+    if isinstance(profile.get("levels"), int):
+        options["levels"] = profile["levels"]
+    options["out"] = folder
+    command = "sdrt build-engine " + " ".join(f"--{key.removesuffix('_id')} {shlex.quote(str(value))}"
+                                              for key, value in options.items())
+    return OutdatedManifest(f"{path} has format {data.get('format_version')}, this sdrt reads {FORMAT_VERSION}; "
+                            f"rebuild with: {command}", names)
+
+
 def parse_manifest(text: str, path: Path) -> Manifest:
     """The manifest in ``text``, or one ``UserError`` line naming the first field that is wrong."""
     from pydantic import ValidationError
 
     try:
-        version = json.loads(text).get("format_version")
-    except (ValueError, AttributeError):
-        version = None
-    if version is not None and version != FORMAT_VERSION:
-        raise UserError(f"{path} has format {version}, this sdrt reads {FORMAT_VERSION}; {_start_over(path.parent)}")
+        data = json.loads(text)
+    except ValueError:
+        data = None
+    if isinstance(data, dict) and data.get("format_version", FORMAT_VERSION) != FORMAT_VERSION:
+        raise _outdated(data, path)
     try:
         manifest = _schema().validate_json(text)
     except ValidationError as error:
@@ -229,10 +258,10 @@ def verify_files(manifest: Manifest, folder: Path) -> None:
                             f"rebuild with: {rebuild_command(manifest, folder)}")
 
 
-def foreign_entries(manifest: Manifest, folder: Path) -> list[str]:
-    """Entries of ``folder`` that the manifest does not name (and that are not our staging)."""
-    named = set(manifest.files) | {MANIFEST_NAME}
-    parents = {str(parent) for name in manifest.files for parent in PurePosixPath(name).parents if str(parent) != "."}
+def foreign_entries(file_names: list[str], folder: Path) -> list[str]:
+    """Entries of ``folder`` that a manifest listing ``file_names`` does not name (nor our staging)."""
+    named = set(file_names) | {MANIFEST_NAME}
+    parents = {str(parent) for name in file_names for parent in PurePosixPath(name).parents if str(parent) != "."}
     foreign = []
     for root, folders, files in os.walk(folder):  # links are entries, never followed
         for name in sorted(folders + files):

@@ -31,7 +31,8 @@ from .errors import InputError, UserError
 from .families import Family
 from .image import save_png, to_pil
 from .manifest import Manifest
-from .sampling import Progress, denoise, initial_latents, to_uint8
+from .sampling import Progress, denoise, initial_latents, seeded_generators, to_uint8
+from .schedulers import SCHEDULERS, make_scheduler, scheduler_name
 from .structure import analyse
 from .structure.parsers import PARSERS, Parser, make_parser
 from .structure.spans import StructuredPrompt, capped
@@ -69,6 +70,7 @@ class Request:
     mode: str
     parser: Parser | None  # None: plain, no structure
     max_levels: int
+    scheduler: str  # a name of schedulers.SCHEDULERS, or the class name of the folder's own
 
 
 @dataclass(frozen=True)
@@ -159,7 +161,7 @@ class StructuredDiffusionPipeline:
                  negative_prompt: str | Sequence[str] = "", width: int | None = None, height: int | None = None,
                  mode: str = "values", parser: str | Parser | None = None, phrases: Sequence[str] | None = None,
                  trees: Sequence[str] | None = None, max_levels: int = DEFAULT_MAX_LEVELS,
-                 progress: Progress | None = None) -> PipelineOutput:
+                 scheduler: str | None = None, progress: Progress | None = None) -> PipelineOutput:
         """Generate one image per prompt; a list of prompts is one batch, one denoising loop.
 
         A prompt may also be a ``StructuredPrompt`` that ``structure`` (or ``sd_struct_rt.structure.
@@ -170,22 +172,25 @@ class StructuredDiffusionPipeline:
         ``parser``: ``spacy``, ``stanza``, ``tree`` or a parser object; by default ``tree`` when
         ``phrases`` or ``trees`` (bracketed, one per sentence) are given, else ``spacy``.
         ``max_levels`` caps the levels per prompt, the full prompt included; extra phrases
-        are dropped with a warning. ``progress(done, total)`` is called after each denoising
-        step the caller asked for.
+        are dropped with a warning. ``scheduler``: one of ``schedulers.SCHEDULERS`` (``pndm``,
+        ``ddim``, ``euler``, ``euler-a``, ``dpm++2m``, ``dpm++2m-karras``, ``unipc``, ``lms``),
+        by default the model folder's own. ``progress(done, total)`` is called after each
+        denoising step the caller asked for.
         """
         # 1. check every input before any compute
         request = self.check_inputs(prompt, seed=seed, num_inference_steps=num_inference_steps,
                                     guidance_scale=guidance_scale, negative_prompt=negative_prompt, width=width,
                                     height=height, mode=mode, parser=parser, phrases=phrases, trees=trees,
-                                    max_levels=max_levels)
+                                    max_levels=max_levels, scheduler=scheduler)
         # 2. structure: prompt -> noun-phrase token spans
         structured = self.structure(request)
         # 3. conditioning: keys, stacked levels, level mask
         conditioning = self.condition(structured, request)
-        # 4. latents from one seeded CPU generator per prompt
-        latents = self.initial_latents(request)
+        # 4. latents from one seeded CPU generator per prompt (which also feeds ancestral samplers)
+        generators = seeded_generators(list(request.seeds))
+        latents = self.initial_latents(request, generators)
         # 5. denoise
-        latents = self.denoise(conditioning, latents, request, progress)
+        latents = self.denoise(conditioning, latents, request, progress, generators)
         # 6. decode
         images = self.decode(latents)
         metadata = [self.metadata(request, prompt, request.negative_prompts[i], request.seeds[i])
@@ -199,7 +204,7 @@ class StructuredDiffusionPipeline:
                      negative_prompt: str | Sequence[str] = "", width: int | None = None,
                      height: int | None = None, mode: str = "values", parser: str | Parser | None = None,
                      phrases: Sequence[str] | None = None, trees: Sequence[str] | None = None,
-                     max_levels: int = DEFAULT_MAX_LEVELS) -> Request:
+                     max_levels: int = DEFAULT_MAX_LEVELS, scheduler: str | None = None) -> Request:
         """Check every input (cheap: no parsing, no network) and fill in the defaults."""
         single = isinstance(prompt, (str, StructuredPrompt))
         prompts = _texts(prompt, "prompt", StructuredPrompt)
@@ -223,8 +228,10 @@ class StructuredDiffusionPipeline:
         self._unet_for(mode)
         width = self.default_size if width is None else inputs.image_side(width, "width")
         height = self.default_size if height is None else inputs.image_side(height, "height")
+        sampler = make_scheduler(scheduler, self.scheduler)
         request = Request(prompts=tuple(prompts), negative_prompts=tuple(negatives), seeds=seeds,
-                          steps=self._steps(num_inference_steps), guidance_scale=inputs.guidance(guidance_scale),
+                          steps=self._steps(num_inference_steps, sampler), scheduler=scheduler_name(sampler),
+                          guidance_scale=inputs.guidance(guidance_scale),
                           width=width, height=height, mode=mode,
                           parser=None if mode == "plain" else self._parser(parser, phrases, trees),
                           max_levels=min(inputs.whole_number(max_levels, "max_levels", 1, MAX_LEVELS),
@@ -244,10 +251,10 @@ class StructuredDiffusionPipeline:
         profile.check(batch, request.width, request.height, step,
                       rebuild=rebuild_command(self.engine_set.manifest, self.engine_set.folder, **wider))
 
-    def _steps(self, steps: object) -> int:
-        """Steps the scheduler can take: its timesteps must stay inside its training range."""
+    @staticmethod
+    def _steps(steps: object, scheduler) -> int:
+        """Steps ``scheduler`` can take: its timesteps must stay inside its training range."""
         steps = inputs.steps(steps)
-        scheduler = type(self.scheduler).from_config(self.scheduler.config)
         limit = scheduler.config.num_train_timesteps
 
         def fits(count: int) -> bool:
@@ -259,7 +266,7 @@ class StructuredDiffusionPipeline:
 
         if not fits(steps):
             most = next((count for count in range(min(steps, limit), 0, -1) if fits(count)), 1)
-            raise InputError(f"num_inference_steps {steps} is more than {type(self.scheduler).__name__} of this "
+            raise InputError(f"num_inference_steps {steps} is more than {scheduler_name(scheduler)} with this "
                              f"model can take; use at most {most}")
         return steps
 
@@ -317,8 +324,9 @@ class StructuredDiffusionPipeline:
         return build_conditioning(self.encode_text, self.tokenizer, structured, list(request.negative_prompts),
                                   request.mode)
 
-    def initial_latents(self, request: Request) -> torch.Tensor:
-        return initial_latents(list(request.seeds), request.height, request.width, self.facts.latent_channels,
+    def initial_latents(self, request: Request, generators: list[torch.Generator] | None = None) -> torch.Tensor:
+        generators = generators or seeded_generators(list(request.seeds))
+        return initial_latents(generators, request.height, request.width, self.facts.latent_channels,
                                self.facts.vae_scale_factor)
 
     def predict_noise(self, sample: torch.Tensor, timestep: torch.Tensor, conditioning: Conditioning,
@@ -328,10 +336,12 @@ class StructuredDiffusionPipeline:
         return _only_output(unet(**self.family.unet_inputs(sample, timestep, conditioning, role)))
 
     def denoise(self, conditioning: Conditioning, latents: torch.Tensor, request: Request,
-                progress: Progress | None = None) -> torch.Tensor:
+                progress: Progress | None = None, generators: list[torch.Generator] | None = None) -> torch.Tensor:
         def predict(sample: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
             return self.predict_noise(sample, timestep, conditioning, request.mode)
-        return denoise(predict, self.scheduler, latents, request.steps, request.guidance_scale, progress)
+        # A fresh scheduler per loop: multistep schedulers keep state from step to step.
+        scheduler = make_scheduler(request.scheduler if request.scheduler in SCHEDULERS else None, self.scheduler)
+        return denoise(predict, scheduler, latents, request.steps, request.guidance_scale, progress, generators)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """``[B, 3, H, W]`` uint8 images on the CPU."""
@@ -345,7 +355,7 @@ class StructuredDiffusionPipeline:
             "seed": str(seed),
             "steps": str(request.steps),
             "guidance": str(request.guidance_scale),
-            "scheduler": type(self.scheduler).__name__,
+            "scheduler": request.scheduler,
             "size": f"{request.width}x{request.height}",
             "model": self.model_id,
             "backend": self.backend,

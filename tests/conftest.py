@@ -36,10 +36,12 @@ def relative_error(x: torch.Tensor, reference: torch.Tensor) -> float:
 
 
 def pixels(image):
-    """An image (PIL, or a path to a PNG) as an int array."""
+    """An image (PIL, an array, or a path to a PNG) as an int array."""
     import numpy as np
     from PIL import Image
 
+    if isinstance(image, np.ndarray):
+        return image.astype(int)
     if isinstance(image, Image.Image):
         return np.asarray(image).astype(int)
     with Image.open(image) as picture:

@@ -33,7 +33,7 @@ def test_png_records_how_it_was_made(tmp_path):
     assert meta["seed"] == "11"
     assert meta["steps"] == "2"
     assert meta["guidance"] == "5.0"
-    assert meta["scheduler"] == "PNDMScheduler"
+    assert meta["scheduler"] == "pndm"
     assert meta["size"] == "64x64"
     assert meta["model"] == "tiny"
     assert meta["backend"] == "torch-cpu"

@@ -99,7 +99,7 @@ def _signature(values) -> list[tuple]:
 
 
 def _unet_inputs_signature(level_input: str, d: int) -> list[tuple]:
-    return [("sample", "FLOAT", ["N", 4, "h", "w"]), ("timestep", "INT64", ["N"]),
+    return [("sample", "FLOAT", ["N", 4, "h", "w"]), ("timestep", "FLOAT", ["N"]),
             ("encoder_hidden_states", "FLOAT", ["N", 77, d]), (level_input, "FLOAT", ["N", "L", 77, d]),
             ("level_mask", "FLOAT", ["N", "L"])]
 

@@ -375,7 +375,7 @@ def toy_unet_onnx(level_input: str) -> onnx.ModelProto:
                     constant("axes_123", [1, 2, 3]), constant("thousandth", [1e-3], np.float32),
                     constant("half", [0.5], np.float32)]
     inputs = [helper.make_tensor_value_info("sample", TensorProto.FLOAT, ["N", 4, "h", "w"]),
-              helper.make_tensor_value_info("timestep", TensorProto.INT64, ["N"]),
+              helper.make_tensor_value_info("timestep", TensorProto.FLOAT, ["N"]),
               helper.make_tensor_value_info("encoder_hidden_states", TensorProto.FLOAT, ["N", 77, TOY_WIDTH]),
               helper.make_tensor_value_info(level_input, TensorProto.FLOAT, ["N", "L", 77, TOY_WIDTH]),
               helper.make_tensor_value_info("level_mask", TensorProto.FLOAT, ["N", "L"])]
@@ -399,7 +399,7 @@ def toy_unet_inputs(generator, prompts, latent_height, latent_width, levels):
     for row in range(rows):
         mask[row, :int(torch.randint(1, levels + 1, (), generator=generator))] = 1
     return (torch.randn(rows, 4, latent_height, latent_width, generator=generator),
-            torch.randint(0, 1000, (rows,), generator=generator),
+            torch.rand(rows, generator=generator) * 1000,
             torch.randn(rows, 77, TOY_WIDTH, generator=generator),
             torch.randn(rows, levels, 77, TOY_WIDTH, generator=generator),
             mask)

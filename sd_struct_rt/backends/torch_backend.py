@@ -40,7 +40,8 @@ class TorchNetwork:
 
     @torch.inference_mode()
     def __call__(self, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
-        ordered = [inputs[spec.name].to(self.device, self.dtype if spec.dtype.is_floating_point else spec.dtype)
+        ordered = [inputs[spec.name].to(self.device, self.dtype if spec.dtype.is_floating_point and not spec.exact
+                                        else spec.dtype)
                    for spec in self.contract.inputs]
         return {self.contract.output_names[0]: self.module(*ordered)}
 

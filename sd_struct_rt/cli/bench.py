@@ -34,6 +34,7 @@ def add_to(commands) -> None:
                         help="levels of the structured UNet call [default: 4]")
     parser.add_argument("--steps", type=options.steps_option(), default=10,
                         help="denoising steps of the end-to-end runs [default: 10]")
+    options.add_scheduler_option(parser)
     parser.add_argument("--rounds", type=options.positive_int("rounds", 1000), default=15,
                         help="interleaved rounds after warm-up [default: 15]")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -65,9 +66,8 @@ def run(args) -> None:
                          "run does this", args)
         return options.StageBar(args, f"engines ({mode})", planned_stages(engine_backend(backend)))
 
-    result = run_bench(args.model, backend, args.engine,
-                       BenchSettings(levels=args.levels, steps=args.steps, rounds=args.rounds), SpacyParser(),
-                       building)
+    settings = BenchSettings(levels=args.levels, steps=args.steps, rounds=args.rounds, scheduler=args.scheduler)
+    result = run_bench(args.model, backend, args.engine, settings, SpacyParser(), building)
     if args.out is not None:
         write_bytes_atomically(args.out, (json.dumps(result, indent=2) + "\n").encode(), "benchmark results")
     if args.json:

@@ -32,6 +32,7 @@ def add_to(commands) -> None:
                              "engines must have been built from [default: tiny]")
     parser.add_argument("--negative-prompt", default="", help="what to steer away from [default: none]")
     parser.add_argument("--steps", type=options.steps_option(), default=50, help="denoising steps [default: 50]")
+    options.add_scheduler_option(parser)
     parser.add_argument("--guidance", type=options.guidance, default=7.5,
                         help="classifier-free guidance scale [default: 7.5]")
     parser.add_argument("--seed", type=options.seed, default=0, help="seed of the initial noise [default: 0]")
@@ -171,7 +172,8 @@ def _generate(args, targets: list[tuple[str, int, Path]], parser) -> None:
 
     pipe = open_pipeline(args)
     common = dict(num_inference_steps=args.steps, guidance_scale=args.guidance, negative_prompt=args.negative_prompt,
-                  width=args.width, height=args.height, mode=args.mode, parser=parser, max_levels=args.max_levels)
+                  width=args.width, height=args.height, mode=args.mode, parser=parser, max_levels=args.max_levels,
+                  scheduler=args.scheduler)
     prompts, seeds, outs = (list(column) for column in zip(*targets))
     batches = [slice(start, start + args.batch_size) for start in range(0, len(targets), args.batch_size)]
     # Every batch (the last may be smaller) is checked before the first image is made.

@@ -3,7 +3,7 @@
 The three networks and their engine I/O:
 
 * ``text_encoder``: ``input_ids int32 [M, 77]`` -> ``text_embeddings [M, 77, D]`` (last hidden state);
-* ``unet``: ``sample [N, 4, h, w]``, ``timestep int64 [N]``, ``encoder_hidden_states [N, 77, D]``,
+* ``unet``: ``sample [N, 4, h, w]``, ``timestep float32 [N]``, ``encoder_hidden_states [N, 77, D]``,
   ``value_states`` or ``key_states [N, L, 77, D]`` (by mode), ``level_mask [N, L]`` ->
   ``noise_pred [N, 4, h, w]``;
 * ``vae_decoder``: ``latent [N, 4, h, w]`` -> ``images [N, 3, 8h, 8w]`` in ``[0, 1]``, SD's latent
@@ -34,7 +34,7 @@ from torch import nn
 
 from ..attention import MODES, StructuredUNet
 from ..contract import (Axis, Fixed, ModelFacts, NetworkContract, Profile, Scaled, TensorSpec, integers_below,
-                        standard_normal)
+                        standard_normal, uniform_below)
 from ..errors import UserError
 
 # SPEC section 5: the UNet's stacked-levels input is named after the role the levels play.
@@ -215,7 +215,8 @@ class StableDiffusion1:
             "unet": NetworkContract(
                 "unet",
                 (TensorSpec("sample", torch.float32, (rows, channels, height, width)),
-                 TensorSpec("timestep", torch.int64, (rows,), integers_below(TRAIN_TIMESTEPS, torch.int64)),
+                 # float32 and exact (SPEC 5): fractional timesteps (Euler, Karras sigmas) pass as given
+                 TensorSpec("timestep", torch.float32, (rows,), uniform_below(TRAIN_TIMESTEPS), exact=True),
                  TensorSpec("encoder_hidden_states", torch.float32, (rows, tokens, text_width)),
                  TensorSpec(LEVEL_INPUTS[mode], torch.float32, (rows, levels, tokens, text_width)),
                  TensorSpec("level_mask", torch.float32, (rows, levels), draw_level_mask)),
