@@ -135,8 +135,7 @@ class StructuredDiffusionPipeline:
         files = {component: folder / name for component, name in manifest.engine_files.items()}
         networks = engine_backend(manifest.backend).open(
             files, family.networks(manifest.model_facts, manifest.mode), manifest.mode,
-            OpenOptions(device=device, cuda_graphs=cuda_graphs))
-        networks.precision = manifest.precision
+            OpenOptions(device=device, cuda_graphs=cuda_graphs), manifest.precision)
         return cls(networks, CLIPTokenizer.from_pretrained(folder / "tokenizer"), _scheduler_of(folder), family,
                    manifest.model_facts, manifest.model_id, EngineSet(folder, manifest))
 

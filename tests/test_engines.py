@@ -42,7 +42,7 @@ def test_build_writes_three_graphs_and_a_manifest(engines):
 
 def test_check_engine_passes(engines, capsys):
     assert main(["check-engine", str(engines)]) == 0
-    assert "all 6 comparisons pass" in capsys.readouterr().out
+    assert "all 7 comparisons pass" in capsys.readouterr().out
 
 
 def test_engines_and_torch_make_the_same_image(engines, tmp_path):

@@ -96,7 +96,8 @@ class EngineBackend(Protocol):
         """Engines from ONNX graphs, written into ``staging``; returns each component's file name there."""
 
     def open(self, files: Mapping[str, Path], contracts: Mapping[str, NetworkContract], mode: str,
-             options: OpenOptions) -> Networks: ...
+             options: OpenOptions, precision: str) -> Networks:
+        """The networks of a built set; ``precision`` is the one the set was built for."""
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,8 @@ REGISTRY = (
                  "TensorRT 10 engines on an NVIDIA GPU, built through Polygraphy"),
     BackendEntry("onnxruntime", "sd_struct_rt.backends.onnxruntime_backend",
                  "ONNX Runtime on the CPU, or on CUDA with onnxruntime-gpu"),
+    BackendEntry("openvino", "sd_struct_rt.backends.openvino_backend",
+                 "OpenVINO on the CPU, fp32 or bf16 (AVX512-BF16/AMX CPUs)"),
     BackendEntry("torch", "sd_struct_rt.backends.torch_backend",
                  "the torch reference, run from the model folder (CPU, or CUDA in fp32/fp16)", builds_engines=False),
 )

@@ -136,13 +136,13 @@ class OnnxRuntimeBackend:
         return {component: graph.name for component, graph in graphs.items()}
 
     def open(self, files: Mapping[str, Path], contracts: Mapping[str, NetworkContract], mode: str,
-             options: OpenOptions) -> Networks:
+             options: OpenOptions, precision: str = "fp32") -> Networks:
         if options.cuda_graphs:
             raise UserError("CUDA graphs are a TensorRT option; ONNX Runtime engines run without them")
         networks = {name: OrtNetwork(files[name], contracts[name], options.device) for name in files}
         unet = networks["unet"]
         return Networks(f"onnxruntime-{unet.device.type}", networks["text_encoder"], {mode: unet},
-                        networks["vae_decoder"], version=self.version())
+                        networks["vae_decoder"], precision, self.version())
 
 
 BACKEND = OnnxRuntimeBackend()

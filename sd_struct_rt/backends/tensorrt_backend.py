@@ -174,13 +174,13 @@ class TensorRTBackend:
         return files
 
     def open(self, files: Mapping[str, Path], contracts: Mapping[str, NetworkContract], mode: str,
-             options: OpenOptions) -> Networks:
+             options: OpenOptions, precision: str = "fp16") -> Networks:
         if options.device not in ("auto", "cuda"):
             raise UserError(f"TensorRT engines run on CUDA, not on device {options.device!r}")
         engines = {name: TrtEngine(files[name], contracts[name], options.cuda_graphs) for name in files}
         label = "tensorrt" + ("-cuda-graphs" if options.cuda_graphs else "")
         return Networks(label, engines["text_encoder"], {mode: engines["unet"]}, engines["vae_decoder"],
-                        version=self.version())
+                        precision, self.version())
 
 
 BACKEND = TensorRTBackend()
