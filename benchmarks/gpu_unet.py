@@ -22,7 +22,7 @@ from sd_struct_rt.attention import StructuredUNet
 from sd_struct_rt.level_loop import LevelLoopUNet
 from sd_struct_rt.timing import interleaved, machine_description, ratio
 
-CONFIG = Path(__file__).parent / "configs" / "sd15_unet.json"
+CONFIG = Path(__file__).parent / "configs" / "sd15" / "unet" / "config.json"
 
 
 def graphed(network, inputs):

@@ -84,3 +84,20 @@ def build_conditioning(encoder: TextEncoder, tokenizer, prompts: list[Structured
         stacked[i, :len(row)] = torch.stack(row)
         mask[i, :len(row)] = 1
     return Conditioning(torch.stack(contexts), stacked, mask)
+
+
+def stack_rows(parts: list[Conditioning]) -> Conditioning:
+    """The rows of several conditionings in one, levels zero-padded and masked to the longest
+    (SPEC P3, P4): what one UNet call over several requests reads."""
+    if len(parts) == 1:
+        return parts[0]
+    levels = max(part.level_states.shape[1] for part in parts)
+
+    def padded(tensor: torch.Tensor) -> torch.Tensor:
+        missing = levels - tensor.shape[1]
+        return torch.cat([tensor, tensor.new_zeros(tensor.shape[0], missing, *tensor.shape[2:])], dim=1) \
+            if missing else tensor
+
+    return Conditioning(torch.cat([part.encoder_hidden_states for part in parts]),
+                        torch.cat([padded(part.level_states) for part in parts]),
+                        torch.cat([padded(part.level_mask) for part in parts]))

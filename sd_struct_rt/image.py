@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Mapping
 
@@ -9,7 +10,7 @@ import torch
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from .files import atomic_path, reporting
+from .files import write_bytes_atomically
 
 
 def to_pil(image: torch.Tensor) -> Image.Image:
@@ -17,13 +18,19 @@ def to_pil(image: torch.Tensor) -> Image.Image:
     return Image.fromarray(image.permute(1, 2, 0).contiguous().numpy())
 
 
-def save_png(picture: Image.Image, path: Path, metadata: Mapping[str, str]) -> None:
-    """Write ``picture`` with ``metadata`` as PNG text chunks; the file appears only when complete."""
+def png_bytes(picture: Image.Image, metadata: Mapping[str, str]) -> bytes:
+    """``picture`` as PNG bytes with ``metadata`` as text chunks."""
     info = PngInfo()
     for key, value in metadata.items():
         info.add_itxt(key, str(value))
-    with atomic_path(path, "image") as temporary, reporting("write image", path):
-        picture.save(temporary, format="PNG", pnginfo=info)
+    encoded = io.BytesIO()
+    picture.save(encoded, format="PNG", pnginfo=info)
+    return encoded.getvalue()
+
+
+def save_png(picture: Image.Image, path: Path, metadata: Mapping[str, str]) -> None:
+    """Write ``picture`` with ``metadata`` as a PNG; the file appears only when complete."""
+    write_bytes_atomically(path, png_bytes(picture, metadata), "image")
 
 
 def read_png_metadata(path: Path) -> dict[str, str]:

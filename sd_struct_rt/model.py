@@ -25,13 +25,12 @@ MATERIALISE_SEED = 20230222
 DIGESTS_NAME = "sdrt-digests.json"
 
 
-def _embedded_config_root(name: str):
+def embedded_config_root(name: str):
     return resources.files("sd_struct_rt") / "models" / name
 
 
-def _config_digest(name: str) -> str:
+def _config_digest(root) -> str:
     digest = hashlib.sha256(str(MATERIALISE_SEED).encode())
-    root = _embedded_config_root(name)
     for component in ("model_index.json", "unet/config.json", "vae/config.json",
                       "text_encoder/config.json", "scheduler/scheduler_config.json"):
         digest.update(component.encode())
@@ -39,15 +38,15 @@ def _config_digest(name: str) -> str:
     return digest.hexdigest()[:12]
 
 
-def materialise_embedded(name: str, destination: Path) -> None:
-    """Write embedded model ``name`` with seeded random weights into the new folder ``destination``."""
+def materialise(root, destination: Path) -> None:
+    """Write the SD 1.x model whose configs are in ``root`` (a folder laid out like a diffusers
+    model, configs only) with seeded random weights into the new folder ``destination``."""
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from .vocab import write_tokenizer_folder
 
-    root = _embedded_config_root(name)
     destination.mkdir(parents=True)
     (destination / "model_index.json").write_bytes((root / "model_index.json").read_bytes())
     (destination / "scheduler").mkdir()
@@ -90,7 +89,13 @@ def _damage(folder: Path) -> str | None:
 
 def embedded_model_folder(name: str) -> Path:
     """The cached folder of embedded model ``name``, materialised on first use and rebuilt when damaged."""
-    folder = cache_dir() / "models" / f"{name}-{_config_digest(name)}"
+    return materialised_folder(name, embedded_config_root(name))
+
+
+def materialised_folder(name: str, root) -> Path:
+    """The cached folder of the model configured in ``root`` (see ``materialise``), written on
+    first use and rebuilt when damaged; ``name`` names it in the cache."""
+    folder = cache_dir() / "models" / f"{name}-{_config_digest(root)}"
     if folder.is_dir() and _damage(folder) is None:
         return folder
     with reporting("write the model cache", folder):
@@ -107,7 +112,7 @@ def embedded_model_folder(name: str) -> Path:
                 remove_entry(retired)
             staging = staging_path(folder, "folder")
             try:
-                materialise_embedded(name, staging / "model")
+                materialise(root, staging / "model")
                 digests = json.dumps(_file_digests(staging / "model"), indent=1, sort_keys=True)
                 (staging / "model" / DIGESTS_NAME).write_text(digests + "\n")
                 os.rename(staging / "model", folder)

@@ -29,9 +29,9 @@ from .conditioning import DEFAULT_MAX_LEVELS, MODES, Conditioning, build_conditi
 from .contract import ModelFacts
 from .errors import InputError, UserError
 from .families import Family
-from .image import save_png, to_pil
+from .image import png_bytes, save_png, to_pil
 from .manifest import Manifest
-from .sampling import Progress, denoise, initial_latents, seeded_generators, to_uint8
+from .sampling import DenoisingRun, Progress, initial_latents, seeded_generators, to_uint8
 from .schedulers import SCHEDULERS, make_scheduler, scheduler_name
 from .structure import analyse
 from .structure.parsers import PARSERS, Parser, make_parser
@@ -54,6 +54,10 @@ class PipelineOutput:
         path = Path(path)
         save_png(self.images[index], path, self.metadata[index])
         return path
+
+    def png(self, index: int) -> bytes:
+        """Image ``index`` as PNG bytes with its metadata, as ``save`` writes it."""
+        return png_bytes(self.images[index], self.metadata[index])
 
 
 @dataclass(frozen=True)
@@ -191,10 +195,7 @@ class StructuredDiffusionPipeline:
         # 5. denoise
         latents = self.denoise(conditioning, latents, request, progress, generators)
         # 6. decode
-        images = self.decode(latents)
-        metadata = [self.metadata(request, prompt, request.negative_prompts[i], request.seeds[i])
-                    for i, prompt in enumerate(structured)]
-        return PipelineOutput([to_pil(image) for image in images], metadata)
+        return self.output(request, structured, self.decode(latents))
 
     # --- 1. inputs ---------------------------------------------------------------------------
 
@@ -224,7 +225,7 @@ class StructuredDiffusionPipeline:
         seeds = self._seeds(seed, len(prompts))
         if mode not in MODES:
             raise InputError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
-        self._unet_for(mode)
+        self.unet_for(mode)
         width = self.default_size if width is None else inputs.image_side(width, "width")
         height = self.default_size if height is None else inputs.image_side(height, "height")
         sampler = make_scheduler(scheduler, self.scheduler)
@@ -296,7 +297,7 @@ class StructuredDiffusionPipeline:
             return self._parsers.setdefault(name, make_parser(name))
         return make_parser("tree", trees, phrases)
 
-    def _unet_for(self, mode: str):
+    def unet_for(self, mode: str):
         """The UNet that serves ``mode``; plain is one level, which either role computes exactly (SPEC P1)."""
         role = mode if mode != "plain" else next(iter(self.networks.unets))
         if role in self.networks.unets:
@@ -331,21 +332,32 @@ class StructuredDiffusionPipeline:
     def predict_noise(self, sample: torch.Tensor, timestep: torch.Tensor, conditioning: Conditioning,
                       mode: str) -> torch.Tensor:
         """One UNet call on ``2 * prompts`` rows: unconditional rows first, then conditional."""
-        role, unet = self._unet_for(mode)
+        role, unet = self.unet_for(mode)
         return _only_output(unet(**self.family.unet_inputs(sample, timestep, conditioning, role)))
+
+    def denoising_run(self, request: Request, latents: torch.Tensor, generators: list[torch.Generator] | None = None,
+                      progress: Progress | None = None) -> DenoisingRun:
+        """The sampling state of ``request``, with a scheduler of its own (multistep ones keep state)."""
+        scheduler = make_scheduler(request.scheduler if request.scheduler in SCHEDULERS else None, self.scheduler)
+        return DenoisingRun(scheduler, latents, request.steps, request.guidance_scale, generators, progress)
 
     def denoise(self, conditioning: Conditioning, latents: torch.Tensor, request: Request,
                 progress: Progress | None = None, generators: list[torch.Generator] | None = None) -> torch.Tensor:
-        def predict(sample: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
-            return self.predict_noise(sample, timestep, conditioning, request.mode)
-        # A fresh scheduler per loop: multistep schedulers keep state from step to step.
-        scheduler = make_scheduler(request.scheduler if request.scheduler in SCHEDULERS else None, self.scheduler)
-        return denoise(predict, scheduler, latents, request.steps, request.guidance_scale, progress, generators)
+        run = self.denoising_run(request, latents, generators, progress)
+        while not run.finished:
+            sample, timestep = run.model_input()
+            run.advance(self.predict_noise(sample, timestep, conditioning, request.mode))
+        return run.latents
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """``[B, 3, H, W]`` uint8 images on the CPU."""
         vae = self.networks.vae_decoder
         return to_uint8(_only_output(vae(**{vae.contract.input_names[0]: latents})))
+
+    def output(self, request: Request, structured: list[StructuredPrompt], images: torch.Tensor) -> PipelineOutput:
+        metadata = [self.metadata(request, prompt, request.negative_prompts[i], request.seeds[i])
+                    for i, prompt in enumerate(structured)]
+        return PipelineOutput([to_pil(image) for image in images], metadata)
 
     def metadata(self, request: Request, prompt: StructuredPrompt, negative_prompt: str, seed: int) -> dict[str, str]:
         return {

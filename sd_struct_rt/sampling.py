@@ -23,41 +23,73 @@ def initial_latents(generators: list[torch.Generator], height: int, width: int, 
     return torch.cat([torch.randn(shape, generator=generator) for generator in generators])
 
 
-def denoise(predict_noise: NoisePredictor, scheduler, latents: torch.Tensor, steps: int, guidance_scale: float,
-            progress: Progress | None = None, generators: list[torch.Generator] | None = None) -> torch.Tensor:
-    """Classifier-free guided sampling; the UNet sees the unconditional rows, then the conditional.
+class DenoisingRun:
+    """The sampling state of one batch of prompts: its own scheduler, latents, timestep and step count.
 
-    ``scheduler`` is used up (multistep schedulers keep state): pass a fresh one per loop.
-    Samplers that add noise (ancestral ones) draw it from ``generators``, the prompts' own, which
-    drew the initial latents: a seed still gives the same bytes. Latents that stop being finite
-    (a huge guidance scale, an engine that overflows) end the loop with one line naming the
-    step, instead of a black or noisy image.
+    Classifier-free guidance: ``model_input`` gives the UNet rows, the unconditional ones, then
+    the conditional; ``advance`` takes the UNet's prediction for exactly those rows. Runs are
+    independent, so a server can put the rows of many runs, at different timesteps, into one
+    UNet call (in-flight batching).
+
+    ``scheduler`` is used up (multistep schedulers keep state): a fresh one per run. Samplers
+    that add noise (ancestral ones) draw it from ``generators``, the prompts' own, which drew
+    the initial latents: a seed still gives the same bytes. Latents that stop being finite (a
+    huge guidance scale, an engine that overflows) end the run with one line naming the step.
     """
-    from .schedulers import draws_noise
 
-    scheduler.set_timesteps(steps)
-    latents = latents * scheduler.init_noise_sigma
-    batch, timesteps, done = latents.shape[0], scheduler.timesteps, 0
-    noise = {"generator": generators} if generators is not None and draws_noise(scheduler) else {}
-    for index, t in enumerate(timesteps):
-        model_input = scheduler.scale_model_input(torch.cat([latents, latents]), t)
-        # float32 per row, exactly as the scheduler gives it: Euler's and Karras' are fractional.
-        timestep = torch.full((2 * batch,), float(t), dtype=torch.float32)
+    def __init__(self, scheduler, latents: torch.Tensor, steps: int, guidance_scale: float,
+                 generators: list[torch.Generator] | None = None, progress: Progress | None = None):
+        from .schedulers import draws_noise
+
+        scheduler.set_timesteps(steps)
+        self.scheduler, self.steps, self.guidance_scale, self.progress = scheduler, steps, guidance_scale, progress
+        self.latents = latents * scheduler.init_noise_sigma
+        self.timesteps, self.index, self.steps_done = scheduler.timesteps, 0, 0
+        self.noise = {"generator": generators} if generators is not None and draws_noise(scheduler) else {}
+
+    @property
+    def finished(self) -> bool:
+        return self.index == len(self.timesteps)
+
+    @property
+    def rows(self) -> int:
+        return 2 * self.latents.shape[0]
+
+    def model_input(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The UNet's sample rows and their timesteps: float32 per row, exactly as the scheduler
+        gives them (Euler's and Karras' are fractional)."""
+        t = self.timesteps[self.index]
+        sample = self.scheduler.scale_model_input(torch.cat([self.latents, self.latents]), t)
+        return sample, torch.full((self.rows,), float(t), dtype=torch.float32)
+
+    def advance(self, noise: torch.Tensor) -> None:
+        """One scheduler step from the UNet's prediction for ``model_input``'s rows."""
+        t = self.timesteps[self.index]
         # The scheduler keeps the latents on the CPU in float32; a GPU backend's prediction
         # comes back per step (64x64x4 values for SD at 512 px: negligible next to the UNet).
-        unconditional, conditional = predict_noise(model_input, timestep).to("cpu", torch.float32).chunk(2)
-        guided = unconditional + guidance_scale * (conditional - unconditional)
-        latents = scheduler.step(guided, t, latents, return_dict=False, **noise)[0]
+        unconditional, conditional = noise.to("cpu", torch.float32).chunk(2)
+        guided = unconditional + self.guidance_scale * (conditional - unconditional)
+        self.latents = self.scheduler.step(guided, t, self.latents, return_dict=False, **self.noise)[0]
+        self.index += 1
         # Some schedulers visit a timestep twice (PNDM's warm-up, second-order solvers); one of
         # the caller's steps ends when the timestep moves on.
-        if index + 1 == len(timesteps) or timesteps[index + 1] != t:
-            done = min(done + 1, steps)
-            if not torch.isfinite(latents).all():
-                raise UserError(f"the latents stopped being finite at step {done} of {steps} (guidance scale "
-                                f"{guidance_scale:g}; a scale above about 30 rarely helps); no image was made")
-            if progress is not None:
-                progress(done, steps)
-    return latents
+        if self.finished or self.timesteps[self.index] != t:
+            self.steps_done = min(self.steps_done + 1, self.steps)
+            if not torch.isfinite(self.latents).all():
+                raise UserError(f"the latents stopped being finite at step {self.steps_done} of {self.steps} "
+                                f"(guidance scale {self.guidance_scale:g}; a scale above about 30 rarely helps); "
+                                "no image was made")
+            if self.progress is not None:
+                self.progress(self.steps_done, self.steps)
+
+
+def denoise(predict_noise: NoisePredictor, scheduler, latents: torch.Tensor, steps: int, guidance_scale: float,
+            progress: Progress | None = None, generators: list[torch.Generator] | None = None) -> torch.Tensor:
+    """Classifier-free guided sampling of one batch, to the end (see ``DenoisingRun``)."""
+    run = DenoisingRun(scheduler, latents, steps, guidance_scale, generators, progress)
+    while not run.finished:
+        run.advance(predict_noise(*run.model_input()))
+    return run.latents
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:

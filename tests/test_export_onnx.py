@@ -198,3 +198,22 @@ def test_p3_holds_in_the_exported_graph_for_a_huge_pad(tiny, graphs, mode, fresh
     got, expected = only(onnx_unet(**huge)), only(onnx_unet(**inputs))
     assert torch.isfinite(got).all()
     assert relative_error(got, expected) <= ORT_TOLERANCE
+
+
+def test_the_graph_flop_count_matches_torch_s_own(tiny, graphs):
+    """export.flops reads MatMul/Conv work off the graph's nodes; torch's FlopCounterMode counts the
+    same multiply-adds (matmuls, convolutions, attention) while running the reference."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from sd_struct_rt.export.flops import graph_flops
+
+    sizes = {"N": 2, "L": 3, "h": 32, "w": 32}
+    unet_contract = contract(tiny, "unet")
+    inputs = unet_contract.sample_inputs(torch.Generator().manual_seed(0), sizes)
+    counted = graph_flops(graphs["values"], {name: tensor.numpy() for name, tensor in inputs.items()})
+    assert counted.by_op["Conv"] > 0 and counted.by_op["MatMul"] > 0
+    counter = FlopCounterMode(display=False)
+    # the math kernel spells attention as matmuls, which the counter sees (the fused CPU one it does not)
+    with counter, torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):
+        reference(tiny, "unet")(**inputs)
+    assert abs(counted.total - counter.get_total_flops()) / counter.get_total_flops() < 0.02

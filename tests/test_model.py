@@ -6,7 +6,7 @@ import pytest
 
 from sd_struct_rt.errors import UserError
 from sd_struct_rt.families.sd1 import FAMILY
-from sd_struct_rt.model import load_model, materialise_embedded, resolve_model_folder
+from sd_struct_rt.model import embedded_config_root, load_model, materialise, resolve_model_folder
 
 
 def test_tokenizer_gives_the_clip_ids(tiny):
@@ -20,8 +20,8 @@ def _digests(folder: Path) -> dict[str, str]:
 
 
 def test_materialising_twice_gives_identical_files(tmp_path):
-    materialise_embedded("tiny", tmp_path / "first")
-    materialise_embedded("tiny", tmp_path / "second")
+    materialise(embedded_config_root("tiny"), tmp_path / "first")
+    materialise(embedded_config_root("tiny"), tmp_path / "second")
     first, second = _digests(tmp_path / "first"), _digests(tmp_path / "second")
     assert any(name.endswith(".safetensors") for name in first)
     assert first == second

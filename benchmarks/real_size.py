@@ -1,0 +1,202 @@
+"""One UNet call at the real SD 1.5 size on this CPU: torch eager, ONNX Runtime, OpenVINO fp32 and bf16.
+
+    python benchmarks/real_size.py [--sizes 512,256] [--rounds 5] [--end-to-end] [--out FILE.json]
+
+The model is SD 1.5's public configs (benchmarks/configs/sd15) with seeded random weights:
+latency does not depend on the weights. Its UNet is exported once (values mode) and every
+runtime runs that graph, batch 2 (one prompt with guidance) with 4 levels, and with 1 level
+(plain SD), all interleaved in one process: medians with their spread, ratios from one run.
+
+FLOPs of a call are counted from the graph's own MatMul/Gemm/Conv nodes at the call's shapes
+(export/flops.py); achieved GFLOP/s is that over the median time, against this CPU's peak:
+cores x clock x FLOPs per cycle per core (fp32 FMA, or bf16 dot products, by the CPU's vector
+units; the assumption is written into the results). Peak memory is the resident-set peak of a
+fresh process that loads the runtime and makes one 512x512 call.
+
+With --end-to-end, the fastest CPU runtime gets a full engine set (text encoder, UNet, VAE) and
+times whole 512x512 images: PNDM with 50 steps against DPM++2M with 20 and 25.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from sd_struct_rt.contract import Profile
+from sd_struct_rt.families.sd1 import FAMILY
+from sd_struct_rt.model import load_model, materialised_folder, model_facts
+from sd_struct_rt.paths import cache_dir
+from sd_struct_rt.timing import interleaved, machine_description, ratio
+
+CONFIG_ROOT = Path(__file__).parent / "configs" / "sd15"
+RUNTIMES = ("torch", "onnxruntime", "openvino-fp32", "openvino-bf16")
+LEVELS = 4
+# FLOPs per cycle per core, by instruction family. AMD Zen 4 runs AVX-512 on two 256-bit FMA
+# pipes: 2 x 8 fp32 lanes x 2 (multiply and add) = 32; AVX512-BF16 dot products pair two bf16
+# products per fp32 lane: 64.
+FLOPS_PER_CYCLE = {"fp32": 32, "bf16": 64}
+
+
+def model_folder() -> Path:
+    return materialised_folder("sd15-random", CONFIG_ROOT)
+
+
+def graph_path() -> Path:
+    return cache_dir() / "benchmarks" / f"{model_folder().name}-unet" / "unet.onnx"
+
+
+def unet_graph(model) -> Path:
+    """The values-mode UNet exported once into the cache (3.4 GB of float32 weights)."""
+    from sd_struct_rt.export.onnx_export import export_network
+
+    graph = graph_path()
+    if not graph.is_file():
+        graph.parent.mkdir(parents=True, exist_ok=True)
+        contract = FAMILY.networks(model.facts, "values")["unet"]
+        export_network(FAMILY.torch_modules(model, "values")["unet"], contract, graph)
+    return graph
+
+
+def open_runtime(name: str, facts, graph: Path, model=None):
+    """The UNet on runtime ``name``: from ``model`` for torch, from the exported ``graph`` otherwise."""
+    from sd_struct_rt.backends.onnxruntime_backend import OrtNetwork
+    from sd_struct_rt.backends.openvino_backend import OpenVINONetwork, PRECISION_HINTS, require_precision
+    from sd_struct_rt.backends.torch_backend import TorchNetwork
+
+    contract = FAMILY.networks(facts, "values")["unet"]
+    if name == "torch":
+        return TorchNetwork(FAMILY.torch_modules(model, "values")["unet"], contract, torch.device("cpu"),
+                            torch.float32)
+    if name == "onnxruntime":
+        return OrtNetwork(graph, contract, "cpu")
+    import openvino
+
+    precision = name.split("-")[1]
+    core = openvino.Core()
+    require_precision(core, precision)
+    config = {"INFERENCE_PRECISION_HINT": PRECISION_HINTS[precision], "PERFORMANCE_HINT": "LATENCY"}
+    return OpenVINONetwork(core.compile_model(str(graph), "CPU", config), contract)
+
+
+def feeds(facts, side: int, levels: int) -> dict[str, torch.Tensor]:
+    contract = FAMILY.networks(facts, "values")["unet"]
+    latent = side // facts.vae_scale_factor
+    inputs = contract.sample_inputs(torch.Generator().manual_seed(side + levels),
+                                    {"N": 2, "L": levels, "h": latent, "w": latent})
+    inputs["level_mask"] = torch.ones(2, levels)
+    return inputs
+
+
+def cpu_peak_gflops(cores: int) -> dict[str, float]:
+    megahertz = max(float(line.split(":")[1]) for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("cpu MHz"))
+    return {precision: round(cores * megahertz * 1e-3 * per_cycle, 1) for precision, per_cycle in
+            FLOPS_PER_CYCLE.items()} | {"clock_mhz": megahertz}
+
+
+def peak_memory_mb(runtime: str) -> float:
+    """Resident-set peak of a fresh process that opens ``runtime`` and makes one 512x512 call."""
+    result = subprocess.run([sys.executable, __file__, "--measure-memory", runtime], capture_output=True,
+                            text=True, check=True)
+    return float(result.stdout.strip().splitlines()[-1])
+
+
+def measure_memory(runtime: str) -> None:
+    """Only ``runtime``'s own copy of the weights is loaded (the graph exists: main exported it)."""
+    facts = model_facts(str(model_folder()))
+    model = load_model(str(model_folder())) if runtime == "torch" else None
+    network = open_runtime(runtime, facts, graph_path(), model)
+    network(**feeds(facts, 512, LEVELS))
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def end_to_end(backend: str, precision: str) -> dict[str, float]:
+    from sd_struct_rt import StructuredDiffusionPipeline
+    from sd_struct_rt.export.build import build_engine_set
+
+    folder = cache_dir() / "benchmarks" / f"{model_folder().name}-{backend}-{precision}-set"
+    if not (folder / "manifest.json").is_file():
+        build_engine_set(str(model_folder()), backend, "values", Profile(batch=(1, 1), size=(512, 512), levels=8),
+                         precision, folder)
+    pipe = StructuredDiffusionPipeline.from_engines(folder)
+    seconds = {}
+    for scheduler, steps in (("pndm", 50), ("dpm++2m", 20), ("dpm++2m", 25)):
+        start = time.perf_counter()
+        pipe("a red car and a white sheep", seed=0, num_inference_steps=steps, scheduler=scheduler,
+             width=512, height=512)
+        seconds[f"{scheduler}-{steps}"] = round(time.perf_counter() - start, 1)
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="512,256")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--end-to-end", action="store_true")
+    parser.add_argument("--measure-memory", choices=RUNTIMES, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "real_size_cpu.json")
+    args = parser.parse_args()
+    if args.measure_memory:
+        measure_memory(args.measure_memory)
+        return
+
+    from sd_struct_rt.export.flops import graph_flops
+
+    model = load_model(str(model_folder()))
+    graph = unet_graph(model)
+    networks = {name: open_runtime(name, model.facts, graph, model) for name in RUNTIMES}
+    machine = machine_description()
+    peak = cpu_peak_gflops(int(machine["cpus"]))
+    result = {"benchmark": "one UNet call, SD 1.5 architecture (public config, random weights), batch 2, "
+                           f"{LEVELS} levels (structured) and 1 level (plain)",
+              "machine": machine, "cpu_peak_gflops": peak,
+              "peak_assumption": f"cores x clock x FLOPs/cycle/core {FLOPS_PER_CYCLE} (Zen 4: two 256-bit FMA pipes)",
+              "sizes": {}}
+    for side in (int(size) for size in args.sizes.split(",")):
+        structured, plain = feeds(model.facts, side, LEVELS), feeds(model.facts, side, 1)
+        flops = graph_flops(graph, {name: tensor.numpy() for name, tensor in structured.items()})
+        candidates = {}
+        for name, network in networks.items():
+            candidates[f"{name}/structured"] = lambda network=network: network(**structured)
+            candidates[f"{name}/plain"] = lambda network=network: network(**plain)
+        timings = interleaved(candidates, warmup=args.warmup, rounds=args.rounds)
+        rows = {}
+        for name in networks:
+            median = timings[f"{name}/structured"].median_ms
+            precision = "bf16" if name.endswith("bf16") else "fp32"
+            rows[name] = {
+                "structured": timings[f"{name}/structured"].as_dict(),
+                "plain": timings[f"{name}/plain"].as_dict(),
+                "structured_over_plain": round(ratio(timings, f"{name}/structured", f"{name}/plain"), 4),
+                "speedup_over_torch": round(ratio(timings, "torch/structured", f"{name}/structured"), 3),
+                "achieved_gflops": round(flops.total / median / 1e6, 1),
+                "share_of_peak": round(flops.total / median / 1e6 / peak[precision], 3),
+            }
+        result["sizes"][str(side)] = {"gflop_per_call": round(flops.total / 1e9, 1),
+                                      "gflop_by_op": {op: round(count / 1e9, 1) for op, count in flops.by_op.items()},
+                                      "runtimes": rows}
+        print(json.dumps(result["sizes"][str(side)], indent=1), flush=True)
+    del networks
+    result["peak_memory_mb"] = {name: round(peak_memory_mb(name)) for name in RUNTIMES}
+    if args.end_to_end:
+        fastest = min(("onnxruntime", "openvino-fp32", "openvino-bf16"),
+                      key=lambda name: result["sizes"]["512"]["runtimes"][name]["structured"]["median_ms"])
+        backend, _, precision = fastest.partition("-")
+        result["end_to_end_512"] = {"runtime": fastest,
+                                    "seconds_per_image": end_to_end(backend, precision or "fp32")}
+    result["date"] = time.strftime("%Y-%m-%d")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

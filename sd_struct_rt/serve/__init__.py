@@ -1,0 +1,1 @@
+"""``sdrt serve``: an HTTP service on Ray Serve with in-flight batching (``batcher``, ``app``)."""

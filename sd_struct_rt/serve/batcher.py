@@ -1,0 +1,228 @@
+"""In-flight batching of structured generation requests over one pipeline.
+
+Each request keeps its own sampling state (``DenoisingRun``: scheduler, latents, timestep,
+guidance scale) and its own conditioning (its number of levels). One loop thread makes every
+UNet call: it takes the rows of several requests, at whatever timesteps they are, pads their
+levels to the longest (SPEC P4), calls the UNet once, and hands each request its rows back.
+Rows that cannot share a call (another image size, or another UNet role) wait for a call of
+their own group.
+
+Policies, for the load benchmark's comparison:
+
+* ``inflight``: a request joins the running batch at the next step and leaves when done;
+* ``static``: a batch starts with what is queued and runs all its steps; newcomers wait for it;
+* ``single``: one request at a time.
+
+A request's image does not depend on its batch beyond float reassociation: its noise comes
+from its own seeded generators and its rows are computed by the same UNet.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from ..conditioning import Conditioning, stack_rows
+from ..errors import InputError, UserError
+from ..pipeline import Request, StructuredDiffusionPipeline
+from ..sampling import DenoisingRun, seeded_generators
+from ..structure.spans import StructuredPrompt
+
+POLICIES = ("inflight", "static", "single")
+ROWS_PER_PROMPT = 2  # classifier-free guidance
+
+
+class QueueFull(UserError):
+    """More requests are waiting than the queue takes."""
+
+
+class Draining(UserError):
+    """The service is shutting down and admits nothing new."""
+
+
+@dataclass
+class Job:
+    request: Request
+    structured: list[StructuredPrompt]
+    conditioning: Conditioning
+    run: DenoisingRun
+    role: str  # the UNet role ("values" or "keys") its rows need
+    future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
+    arrived: float = field(default_factory=time.monotonic)
+
+    @property
+    def group(self) -> tuple:
+        """Jobs share a UNet call only within a group: same image size, same UNet."""
+        return self.request.width, self.request.height, self.role
+
+
+@dataclass
+class Observer:
+    """What the batcher reports, for metrics; each callback is optional."""
+
+    unet_call: Callable[[int, int, float], None] = lambda rows, requests, seconds: None
+    queue_depth: Callable[[int], None] = lambda depth: None
+    active_rows: Callable[[int], None] = lambda rows: None
+
+
+class Batcher:
+    def __init__(self, pipe: StructuredDiffusionPipeline, policy: str = "inflight", max_batch_rows: int | None = None,
+                 queue_limit: int = 32, observer: Observer | None = None):
+        if policy not in POLICIES:
+            raise InputError(f"policy must be one of {', '.join(POLICIES)}, not {policy!r}")
+        profile_rows = (ROWS_PER_PROMPT * pipe.engine_set.manifest.profile.batch[1] if pipe.engine_set
+                        else 8 * ROWS_PER_PROMPT)
+        if max_batch_rows is not None and max_batch_rows < ROWS_PER_PROMPT:
+            raise InputError(f"max_batch_rows must be at least {ROWS_PER_PROMPT} (one prompt with guidance)")
+        self.pipe, self.policy, self.queue_limit = pipe, policy, queue_limit
+        self.capacity = min(max_batch_rows or profile_rows, profile_rows)  # the engine profile caps it too
+        self.observer = observer or Observer()
+        self.queue: collections.deque[Job] = collections.deque()
+        self.active: list[Job] = []
+        self.draining = False
+        self._changed = threading.Condition()
+        self._stopped = False
+        self._thread = threading.Thread(target=self._loop, name="sdrt-batcher", daemon=True)
+        self._thread.start()
+
+    # --- the callers' side ------------------------------------------------------------------
+
+    def submit(self, prompt: str, **arguments: Any) -> concurrent.futures.Future:
+        """Check and prepare one request (stages 1-4) and queue it; the future gets its output.
+
+        Every refusal (bad input, full queue, draining) happens here, before the request
+        reaches a batch.
+        """
+        if self.draining:
+            raise Draining("the service is shutting down; send the request to another replica or retry later")
+        request = self.pipe.check_inputs(prompt, **arguments)
+        if len(request.prompts) != 1:
+            raise InputError("one prompt per request")
+        with self._changed:
+            if len(self.queue) >= self.queue_limit:
+                raise QueueFull(f"{len(self.queue)} requests are waiting already; retry later")
+        structured = self.pipe.structure(request)
+        conditioning = self.pipe.condition(structured, request)
+        generators = seeded_generators(list(request.seeds))
+        run = self.pipe.denoising_run(request, self.pipe.initial_latents(request, generators), generators)
+        job = Job(request, structured, conditioning, run, self.pipe.unet_for(request.mode)[0])
+        with self._changed:
+            if self.draining:
+                raise Draining("the service is shutting down; send the request to another replica or retry later")
+            self.queue.append(job)
+            self.observer.queue_depth(len(self.queue))
+            self._changed.notify_all()
+        return job.future
+
+    def cancel(self, future: concurrent.futures.Future) -> None:
+        """Free a request's rows (its client went away); it leaves at the next step."""
+        future.cancel()
+        with self._changed:
+            self._changed.notify_all()
+
+    def drain(self) -> None:
+        """Admit nothing new; what is queued or running still finishes."""
+        with self._changed:
+            self.draining = True
+
+    @property
+    def busy(self) -> int:
+        """Requests queued or running."""
+        with self._changed:
+            return len(self.queue) + len(self.active)
+
+    def close(self) -> None:
+        with self._changed:
+            self._stopped = True
+            self._changed.notify_all()
+        self._thread.join()
+
+    # --- the loop ---------------------------------------------------------------------------
+
+    def _admit(self) -> None:
+        """Move queued jobs into the running set, as the policy allows (called under the lock)."""
+        running_rows = sum(job.run.rows for job in self.active)
+        if self.policy != "inflight" and self.active:
+            return
+        first_group = self.queue[0].group if self.queue else None
+        while self.queue and running_rows + self.queue[0].run.rows <= self.capacity:
+            if self.policy == "static" and self.queue[0].group != first_group:
+                break  # a static batch is one group, formed at its start
+            job = self.queue.popleft()
+            self.active.append(job)
+            running_rows += job.run.rows
+            if self.policy == "single":
+                break
+        self.observer.queue_depth(len(self.queue))
+        self.observer.active_rows(running_rows)
+
+    def _next_call(self) -> list[Job] | None:
+        """The jobs of the next UNet call, or None when there is nothing to do (under the lock)."""
+        for jobs in (self.queue, self.active):
+            for job in [job for job in jobs if job.future.cancelled()]:
+                jobs.remove(job)
+        self._admit()
+        if not self.active:
+            return None
+        # The group of the job that has waited longest goes first, so no group starves.
+        oldest = min(self.active, key=lambda job: job.arrived)
+        return [job for job in self.active if job.group == oldest.group]
+
+    def _loop(self) -> None:
+        while True:
+            with self._changed:
+                while not self._stopped and (call := self._next_call()) is None:
+                    self._changed.wait(timeout=0.5)
+                if self._stopped:
+                    return
+            self._step(call)
+
+    def _step(self, jobs: list[Job]) -> None:
+        inputs = [job.run.model_input() for job in jobs]
+        sample, timestep = torch.cat([each[0] for each in inputs]), torch.cat([each[1] for each in inputs])
+        started = time.perf_counter()
+        try:
+            noise = self.pipe.predict_noise(sample, timestep, stack_rows([job.conditioning for job in jobs]),
+                                            jobs[0].role)
+        except Exception as error:  # the engine failed: every request of the call fails with it
+            self._finish(jobs, error=error)
+            return
+        self.observer.unet_call(sample.shape[0], len(jobs), time.perf_counter() - started)
+        finished, failed = [], []
+        for job, rows in zip(jobs, torch.split(noise, [job.run.rows for job in jobs])):
+            try:
+                job.run.advance(rows)
+            except UserError as error:  # non-finite latents: this request only
+                failed.append((job, error))
+                continue
+            if job.run.finished:
+                finished.append(job)
+        for job, error in failed:
+            self._finish([job], error=error)
+        if finished:
+            self._finish(finished)
+
+    def _finish(self, jobs: list[Job], error: BaseException | None = None) -> None:
+        if error is None:
+            # One VAE call for every request that finished at this step (same group, same size).
+            try:
+                images = self.pipe.decode(torch.cat([job.run.latents for job in jobs]))
+            except Exception as decode_error:
+                error = decode_error
+        with self._changed:
+            for job in jobs:
+                if job in self.active:
+                    self.active.remove(job)
+            self.observer.active_rows(sum(job.run.rows for job in self.active))
+        for index, job in enumerate(jobs):
+            outcome = error or self.pipe.output(job.request, job.structured, images[index:index + 1])
+            try:
+                job.future.set_exception(outcome) if error else job.future.set_result(outcome)
+            except concurrent.futures.InvalidStateError:
+                pass  # cancelled meanwhile: its client is gone
