@@ -7,7 +7,7 @@ SDRT := $(VENV)/bin/sdrt
 STAMP := $(VENV)/.sd-struct-rt-installed
 # torch first and pinned: an unpinned torch drags several GB of CUDA wheels.
 TORCH := torch==2.13.0
-EXTRAS := cpu,openvino,spacy,stanza,test
+EXTRAS := cpu,openvino,serve,spacy,stanza,test
 DEMO_PROMPT := a red car and a white sheep
 
 .PHONY: install demo test bench clean

@@ -152,7 +152,12 @@ class StructuredDiffusionPipeline:
 
     @property
     def default_size(self) -> int:
-        return self.facts.default_size
+        """The image side when none is asked for: the model's native one, clamped into an engine
+        set's size range, so that a request with no size always runs."""
+        if self.engine_set is None:
+            return self.facts.default_size
+        low, high = self.engine_set.manifest.profile.size
+        return min(max(self.facts.default_size, low), high)
 
     @property
     def max_levels(self) -> int:

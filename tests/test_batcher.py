@@ -82,7 +82,7 @@ def test_policies(pipe, policy):
 
 def test_a_cancelled_request_frees_its_rows(pipe):
     rows_running = []
-    batcher = Batcher(pipe, observer=Observer(active_rows=rows_running.append))
+    batcher = Batcher(pipe, observer=Observer(load=lambda queued, running, rows: rows_running.append(rows)))
     try:
         future = batcher.submit(PROMPTS[0], **{**FAST, "num_inference_steps": 200})
         while not rows_running or rows_running[-1] == 0:

@@ -14,22 +14,13 @@ import warnings
 from .. import __version__
 from ..errors import UserError
 from ..files import os_error_line
-from . import bench, build_engine, check_engine, generate, options, parse
+from . import bench, build_engine, check_engine, generate, options, parse, serve
 
 EXIT_INTERRUPTED = 128 + signal.SIGINT
 EXIT_TERMINATED = 128 + signal.SIGTERM
-COMMANDS = (generate, parse, build_engine, check_engine, bench)
+COMMANDS = (generate, parse, build_engine, check_engine, bench, serve)
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (docker stop, systemd, Kubernetes) unwinds like Ctrl-C: every clean-up runs."""
-
-
-def _on_signal(signum, frame):
-    # Python ignores an exception raised while it runs a weakref callback or __del__ (an import
-    # lock's, say): the signal is also recorded, and every progress callback raises it again.
-    options.PENDING_SIGNALS.append(signum)
-    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
 
 def build_parser() -> options.OneLineParser:
@@ -73,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
     warnings.showwarning = _one_line_warning
     options.PENDING_SIGNALS.clear()
-    previous = {number: signal.signal(number, _on_signal) for number in (signal.SIGTERM, signal.SIGINT)}
+    previous = options.install_signal_handlers()
     try:
         args.run(args)
         options.raise_pending_signal()  # one that arrived where Python could not raise it
@@ -81,9 +72,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sdrt: error: {error}", file=sys.stderr)
         return options.EXIT_USER_ERROR
     except KeyboardInterrupt as interruption:
-        what = "terminated" if isinstance(interruption, Terminated) else "interrupted"
-        print(f"sdrt: {what}; no partly written file was left behind", file=sys.stderr)
-        return EXIT_TERMINATED if isinstance(interruption, Terminated) else EXIT_INTERRUPTED
+        terminated = isinstance(interruption, options.Terminated)
+        print(f"sdrt: {'terminated' if terminated else 'interrupted'}; no partly written file was left behind",
+              file=sys.stderr)
+        return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
     except OSError as error:
         # The last resort: a write we did not wrap ourselves still ends in one line.
         print(f"sdrt: error: {os_error_line(error, 'use', error.filename or 'a file')}", file=sys.stderr)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 from typing import Callable
@@ -14,13 +15,26 @@ EXIT_USER_ERROR = 2
 PENDING_SIGNALS: list[int] = []  # SIGINT/SIGTERM received during this command
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (docker stop, systemd, Kubernetes) unwinds like Ctrl-C: every clean-up runs."""
+
+
+def _on_signal(signum, frame):
+    # Python ignores an exception raised while it runs a weakref callback or __del__ (an import
+    # lock's, say): the signal is also recorded, and every progress callback raises it again.
+    PENDING_SIGNALS.append(signum)
+    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+def install_signal_handlers() -> dict:
+    """SIGTERM and SIGINT raise in the main thread (again after a library such as Ray took them
+    over); returns the handlers they replace."""
+    return {number: signal.signal(number, _on_signal) for number in (signal.SIGTERM, signal.SIGINT)}
+
+
 def raise_pending_signal() -> None:
-    """Raise a signal received earlier whose exception Python had to drop (see cli._on_signal)."""
+    """Raise a signal received earlier whose exception Python had to drop (see ``_on_signal``)."""
     if PENDING_SIGNALS:
-        import signal
-
-        from . import Terminated
-
         raise Terminated() if PENDING_SIGNALS[0] == signal.SIGTERM else KeyboardInterrupt()
 
 

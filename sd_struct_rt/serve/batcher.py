@@ -33,8 +33,8 @@ from ..errors import InputError, UserError
 from ..pipeline import Request, StructuredDiffusionPipeline
 from ..sampling import DenoisingRun, seeded_generators
 from ..structure.spans import StructuredPrompt
+from . import POLICIES
 
-POLICIES = ("inflight", "static", "single")
 ROWS_PER_PROMPT = 2  # classifier-free guidance
 
 
@@ -64,11 +64,10 @@ class Job:
 
 @dataclass
 class Observer:
-    """What the batcher reports, for metrics; each callback is optional."""
+    """What the batcher reports, for metrics; each callback is optional and must not block."""
 
     unet_call: Callable[[int, int, float], None] = lambda rows, requests, seconds: None
-    queue_depth: Callable[[int], None] = lambda depth: None
-    active_rows: Callable[[int], None] = lambda rows: None
+    load: Callable[[int, int, int], None] = lambda queued, running, active_rows: None
 
 
 class Batcher:
@@ -116,7 +115,7 @@ class Batcher:
             if self.draining:
                 raise Draining("the service is shutting down; send the request to another replica or retry later")
             self.queue.append(job)
-            self.observer.queue_depth(len(self.queue))
+            self._report_load()
             self._changed.notify_all()
         return job.future
 
@@ -159,8 +158,11 @@ class Batcher:
             running_rows += job.run.rows
             if self.policy == "single":
                 break
-        self.observer.queue_depth(len(self.queue))
-        self.observer.active_rows(running_rows)
+        self._report_load()
+
+    def _report_load(self) -> None:
+        """Tell the observer the queue and the running rows (called under the lock)."""
+        self.observer.load(len(self.queue), len(self.active), sum(job.run.rows for job in self.active))
 
     def _next_call(self) -> list[Job] | None:
         """The jobs of the next UNet call, or None when there is nothing to do (under the lock)."""
@@ -175,13 +177,24 @@ class Batcher:
         return [job for job in self.active if job.group == oldest.group]
 
     def _loop(self) -> None:
-        while True:
+        try:
+            while True:
+                with self._changed:
+                    while not self._stopped and (call := self._next_call()) is None:
+                        self._changed.wait(timeout=0.5)
+                    if self._stopped:
+                        return
+                self._step(call)
+        except BaseException as error:  # a bug here must fail the requests, never leave them hanging
             with self._changed:
-                while not self._stopped and (call := self._next_call()) is None:
-                    self._changed.wait(timeout=0.5)
-                if self._stopped:
-                    return
-            self._step(call)
+                self._stopped, self.draining = True, True
+                jobs = list(self.queue) + self.active
+                self.queue.clear()
+                self.active.clear()
+            for job in jobs:
+                if not job.future.done():
+                    job.future.set_exception(RuntimeError(f"the batcher stopped: {type(error).__name__}: {error}"))
+            raise
 
     def _step(self, jobs: list[Job]) -> None:
         inputs = [job.run.model_input() for job in jobs]
@@ -219,7 +232,7 @@ class Batcher:
             for job in jobs:
                 if job in self.active:
                     self.active.remove(job)
-            self.observer.active_rows(sum(job.run.rows for job in self.active))
+            self._report_load()
         for index, job in enumerate(jobs):
             outcome = error or self.pipe.output(job.request, job.structured, images[index:index + 1])
             try:
