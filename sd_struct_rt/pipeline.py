@@ -7,6 +7,9 @@
     out = pipe("a red car and a white sheep", seed=7, num_inference_steps=30)
     out.save(0, "car.png")                                              # PNG with its metadata
 
+A pipeline object is for one thread at a time (its tokenizer keeps per-call state); the server
+(``serve.batcher``) serialises the stages that use it.
+
 ``__call__`` runs six named stages, each a method of its own so that callers (``sdrt bench``)
 can time them: 1. check every input, engine profile included, before any compute;
 2. structure; 3. conditioning; 4. latents; 5. denoise; 6. decode. Bad input raises

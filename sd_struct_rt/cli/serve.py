@@ -102,33 +102,33 @@ def run(args) -> None:
     source = _checked_source(args)
     _check_port(args.host, args.port)
     ray, serve = _require_serving_libraries()
-    from ..serve.app import STATE_NAMESPACE, Generator, Router, ServiceState
+    from ..serve.app import STATE_NAMESPACE, build_app, service_state
 
     ray.init(address=args.ray_address, namespace=STATE_NAMESPACE, include_dashboard=False,
              logging_level=logging.ERROR, log_to_driver=False)
+    options.install_signal_handlers()  # Ray's core took SIGTERM over; a service drains on it
     logging.getLogger("ray.serve").setLevel(logging.WARNING)  # our status lines say what matters
     try:
         state_name = f"sdrt-state-{args.port}"
-        state = ray.remote(ServiceState).options(name=state_name, num_cpus=0).remote()
+        state = service_state(state_name)
         serve.start(http_options={"host": args.host, "port": args.port},
                     logging_config={"log_level": "WARNING", "enable_access_log": False})
         scaling = ({"autoscaling_config": {"min_replicas": args.autoscale[0], "max_replicas": args.autoscale[1],
                                            "target_ongoing_requests": args.queue_limit // 2 or 1}}
                    if args.autoscale else {"num_replicas": args.replicas})
-        generator = Generator.options(**scaling).bind(source, args.policy, args.max_batch_rows, args.queue_limit,
-                                                      state_name)
+        application = build_app({**source, "policy": args.policy, "max_batch_rows": args.max_batch_rows,
+                                 "queue_limit": args.queue_limit, "state_name": state_name, **scaling})
         options.announce("starting Ray Serve and loading the engines in each replica", args)
         try:
-            serve.run(Router.bind(generator, state_name), name="sdrt", route_prefix="/")
-        except RuntimeError as error:
-            raise UserError(f"the service did not start: {str(error).splitlines()[0]}") from None
-        options.install_signal_handlers()  # Ray's core took SIGTERM over; a service drains on it
-        options.announce(f"serving on http://{args.host}:{args.port} ({args.policy} batching); "
-                         "SIGTERM or Ctrl-C drains and stops", args)
-        try:
+            try:
+                serve.run(application, name="sdrt", route_prefix="/")
+            except RuntimeError as error:
+                raise UserError(f"the service did not start: {str(error).splitlines()[0]}") from None
+            options.announce(f"serving on http://{args.host}:{args.port} ({args.policy} batching); "
+                             "SIGTERM or Ctrl-C drains and stops", args)
             while True:
                 time.sleep(3600)
-        except KeyboardInterrupt:  # SIGTERM or Ctrl-C: the normal way to stop a service
+        except KeyboardInterrupt:  # SIGTERM or Ctrl-C, even while starting: the normal way to stop
             options.PENDING_SIGNALS.clear()
         options.announce(f"draining: new requests get 503, running ones have {args.drain_seconds} s", args)
         state.drain.remote()
@@ -136,6 +136,7 @@ def run(args) -> None:
         while time.monotonic() < deadline and ray.get(state.busy_total.remote()) > 0:
             time.sleep(0.2)
         serve.shutdown()
+        ray.kill(state)  # detached, so that replicas find it; on a joined cluster it must not outlive us
     finally:
         ray.shutdown()
     options.announce("stopped", args)

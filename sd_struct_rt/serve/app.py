@@ -6,9 +6,12 @@
   restarts the replica behind it.
 * ``Generator`` (one or many replicas): each holds its own engines and its own ``Batcher``; it
   checks every input before a request reaches a batch.
-* ``ServiceState`` (a named actor, started by ``sdrt serve``): the draining flag, and the
-  Prometheus metrics of the whole service (replicas report to it), so ``/metrics`` is one
-  coherent page whatever the number of replicas.
+* ``ServiceState`` (a named actor, created by whichever deployment starts first): the draining
+  flag, and the Prometheus metrics of the whole service (replicas report to it), so ``/metrics``
+  is one coherent page whatever the number of replicas.
+
+``build_app`` makes the application from plain arguments: ``sdrt serve`` calls it, and so does
+``serve deploy`` through deploy/serve_config.yaml.
 """
 
 # No "from __future__ import annotations" here: FastAPI reads the route handlers' annotations
@@ -42,6 +45,15 @@ FIELDS: dict[str, tuple[str, tuple[type, ...]]] = {
     "scheduler": ("scheduler", (str,)),
 }
 RETRY_AFTER_SECONDS = 1
+STATE_NAME = "sdrt-state"
+
+
+def service_state(name: str = STATE_NAME):
+    """The service's state actor, created on first use (detached: it outlives any one replica)."""
+    import ray
+
+    return ray.remote(ServiceState).options(name=name, namespace=STATE_NAMESPACE, get_if_exists=True,
+                                            lifetime="detached", num_cpus=0).remote()
 
 
 def pipeline_arguments(body: Any) -> dict[str, Any]:
@@ -138,12 +150,11 @@ class Generator:
     """Engines (or the torch reference) and their batcher, in one replica."""
 
     def __init__(self, source: dict, policy: str, max_batch_rows: int | None, queue_limit: int, state_name: str):
-        import ray
 
         from ..pipeline import StructuredDiffusionPipeline
         from .batcher import Batcher, Observer
 
-        self.state = ray.get_actor(state_name, namespace=STATE_NAMESPACE)
+        self.state = service_state(state_name)
         if source.get("engine"):
             self.pipe = StructuredDiffusionPipeline.from_engines(source["engine"])
         else:
@@ -192,10 +203,8 @@ app = FastAPI(title="sd-struct-rt", docs_url=None, redoc_url=None)
 @serve.ingress(app)
 class Router:
     def __init__(self, generator, state_name: str):
-        import ray
-
         self.generator = generator
-        self.state = ray.get_actor(state_name, namespace=STATE_NAMESPACE)
+        self.state = service_state(state_name)
 
     @app.post("/v1/generate")
     async def generate(self, request: Request) -> Response:
@@ -254,3 +263,16 @@ class Router:
         from prometheus_client import CONTENT_TYPE_LATEST
 
         return Response(await self.state.render.remote(), media_type=CONTENT_TYPE_LATEST)
+
+
+def build_app(args: dict):
+    """The application from plain arguments: ``engine`` (a set's folder) or ``model`` (the torch
+    reference, default tiny), ``policy``, ``max_batch_rows``, ``queue_limit``, ``state_name`` (one
+    per service), and the generator's ``num_replicas`` or ``autoscaling_config`` (a Serve config
+    file may set those in its deployments section instead)."""
+    source = {"engine": args["engine"]} if args.get("engine") else {"model": args.get("model", "tiny")}
+    state_name = args.get("state_name", STATE_NAME)
+    scaling = {key: args[key] for key in ("num_replicas", "autoscaling_config") if args.get(key) is not None}
+    generator = Generator.options(**scaling).bind(source, args.get("policy", "inflight"), args.get("max_batch_rows"),
+                                                  int(args.get("queue_limit", 32)), state_name)
+    return Router.bind(generator, state_name)

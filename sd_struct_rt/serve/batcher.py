@@ -86,6 +86,7 @@ class Batcher:
         self.active: list[Job] = []
         self.draining = False
         self._changed = threading.Condition()
+        self._preparing = threading.Lock()
         self._stopped = False
         self._thread = threading.Thread(target=self._loop, name="sdrt-batcher", daemon=True)
         self._thread.start()
@@ -100,16 +101,19 @@ class Batcher:
         """
         if self.draining:
             raise Draining("the service is shutting down; send the request to another replica or retry later")
-        request = self.pipe.check_inputs(prompt, **arguments)
-        if len(request.prompts) != 1:
-            raise InputError("one prompt per request")
-        with self._changed:
-            if len(self.queue) >= self.queue_limit:
-                raise QueueFull(f"{len(self.queue)} requests are waiting already; retry later")
-        structured = self.pipe.structure(request)
-        conditioning = self.pipe.condition(structured, request)
-        generators = seeded_generators(list(request.seeds))
-        run = self.pipe.denoising_run(request, self.pipe.initial_latents(request, generators), generators)
+        # One request prepares at a time: a tokenizer carries its padding settings from call to
+        # call and is not safe to share between threads.
+        with self._preparing:
+            request = self.pipe.check_inputs(prompt, **arguments)
+            if len(request.prompts) != 1:
+                raise InputError("one prompt per request")
+            with self._changed:
+                if len(self.queue) >= self.queue_limit:
+                    raise QueueFull(f"{len(self.queue)} requests are waiting already; retry later")
+            structured = self.pipe.structure(request)
+            conditioning = self.pipe.condition(structured, request)
+            generators = seeded_generators(list(request.seeds))
+            run = self.pipe.denoising_run(request, self.pipe.initial_latents(request, generators), generators)
         job = Job(request, structured, conditioning, run, self.pipe.unet_for(request.mode)[0])
         with self._changed:
             if self.draining:
