@@ -81,9 +81,10 @@ def _swap_into_place(staging: Path, destination: Path) -> None:
         os.rename(staging, destination)
 
 
-def _copy_runtime_files(model_folder: Path, staging: Path) -> None:
-    # The runtime over engines needs no model folder: it reads tokenizer and scheduler here.
-    shutil.copytree(model_folder / "tokenizer", staging / "tokenizer")
+def _copy_runtime_files(model_folder: Path, staging: Path, tokenizer_folders: tuple[str, ...]) -> None:
+    # The runtime over engines needs no model folder: it reads tokenizers and scheduler here.
+    for name in tokenizer_folders:
+        shutil.copytree(model_folder / name, staging / name)
     (staging / "scheduler").mkdir()
     shutil.copy2(model_folder / "scheduler" / "scheduler_config.json", staging / "scheduler")
 
@@ -140,7 +141,7 @@ def build_engine_set(model_ref: str, backend_name: str, mode: str, profile: Prof
             contracts = family.networks(model.facts, mode)
             engine_files = backend.build(graphs, contracts, profile, model.facts, precision, staging, options, stage)
             stage("writing the manifest")
-            _copy_runtime_files(model.folder, staging)
+            _copy_runtime_files(model.folder, staging, family.tokenizer_folders)
             files = {str(p.relative_to(staging)): file_sha256(p)
                      for p in sorted(staging.rglob("*")) if p.is_file()}
             manifest = Manifest(

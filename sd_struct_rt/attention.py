@@ -83,13 +83,14 @@ def _check_sd1_attention(attn) -> None:
 class StructuredUNet(nn.Module):
     """A diffusers UNet whose cross-attention takes stacked levels and a level mask (SPEC 5).
 
-    ``forward(sample, timestep, encoder_hidden_states, level_states, level_mask)``: in
+    ``forward(sample, timestep, encoder_hidden_states, level_states, level_mask, *added)``: in
     ``values`` mode ``encoder_hidden_states`` is the key context and ``level_states`` the value
     levels; in ``keys`` mode ``level_states`` are the key levels and ``encoder_hidden_states``
-    the value context. One level with mask 1 is plain Stable Diffusion.
+    the value context; ``added`` are the UNet's added conditions named by ``added`` (SDXL's
+    ``text_embeds`` and ``time_ids``). One level with mask 1 is plain Stable Diffusion.
     """
 
-    def __init__(self, unet: nn.Module, mode: str = "values"):
+    def __init__(self, unet: nn.Module, mode: str = "values", added: tuple[str, ...] = ()):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
@@ -99,8 +100,9 @@ class StructuredUNet(nn.Module):
         unet.set_attn_processor(StructuredAttnProcessor())
         self.unet = unet
         self.mode = mode
+        self.added = added  # names of the UNet's added conditions, which follow level_mask (SDXL's)
 
-    def forward(self, sample, timestep, encoder_hidden_states, level_states, level_mask):
+    def forward(self, sample, timestep, encoder_hidden_states, level_states, level_mask, *added_conditions):
         # SPEC P3: padded levels change nothing whatever finite values they hold. Zeroed before
         # any product, a huge pad cannot overflow (3e38 * W_k is inf, and inf * 0 is NaN).
         real = (level_mask > 0)[:, :, None, None]
@@ -112,5 +114,6 @@ class StructuredUNet(nn.Module):
             levels = {"value_context": torch.einsum("nl,nltd->ntd", weights, level_states)}
         else:
             levels = {"key_states": level_states, "key_weights": weights}
-        return self.unet(sample, timestep, encoder_hidden_states,
-                         cross_attention_kwargs=levels, return_dict=False)[0]
+        added = dict(zip(self.added, added_conditions)) if self.added else None
+        return self.unet(sample, timestep, encoder_hidden_states, cross_attention_kwargs=levels,
+                         added_cond_kwargs=added, return_dict=False)[0]

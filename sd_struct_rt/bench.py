@@ -70,11 +70,12 @@ def unet_call(pipe: StructuredDiffusionPipeline, levels: int,
               generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, Conditioning]:
     """One prompt with classifier-free guidance at the model's size: two rows, ``levels`` real levels each."""
     facts = pipe.facts
-    side = facts.default_size // facts.vae_scale_factor
+    side = pipe.default_size // facts.vae_scale_factor
     context = torch.randn(2, facts.tokens, facts.text_width, generator=generator)
+    pooled = torch.randn(2, facts.pooled_width, generator=generator) if facts.pooled_width else None
     return (torch.randn(2, facts.latent_channels, side, side, generator=generator), torch.full((2,), 500.0),
             Conditioning(context, torch.randn(2, levels, facts.tokens, facts.text_width, generator=generator),
-                         torch.ones(2, levels)))
+                         torch.ones(2, levels), pooled))
 
 
 def stage_latencies(pipe: StructuredDiffusionPipeline, parser, settings: BenchSettings) -> dict[str, dict]:
@@ -135,7 +136,7 @@ def run_bench(model_ref: str, backend: str, engine: Path | None, settings: Bench
         pipe, keys_pipe = reference, reference
     sample, timestep, conditioning = unet_call(pipe, settings.levels, generator)
     plain = Conditioning(conditioning.encoder_hidden_states, conditioning.encoder_hidden_states[:, None],
-                         torch.ones(2, 1))  # one level, the full prompt: plain SD (SPEC P1)
+                         torch.ones(2, 1), conditioning.pooled)  # one level, the full prompt: plain SD (SPEC P1)
     candidates = {
         "plain": lambda: pipe.predict_noise(sample, timestep, plain, "values"),
         "structured": lambda: pipe.predict_noise(sample, timestep, conditioning, "values"),
@@ -144,13 +145,16 @@ def run_bench(model_ref: str, backend: str, engine: Path | None, settings: Bench
         candidates["keys"] = lambda: keys_pipe.predict_noise(sample, timestep, conditioning, "keys")
     if backend != "torch":
         candidates["torch_structured"] = lambda: reference.predict_noise(sample, timestep, conditioning, "values")
-    # The official loop over the reference's own UNet weights (a copy: it installs its own processors).
-    naive = LevelLoopUNet(copy.deepcopy(reference.networks.unets["values"].module.unet), "values")
+    # The official loop over the reference's own UNet weights (a copy: it installs its own processors),
+    # fed exactly what the reference's UNet is fed.
+    structured_unet = reference.networks.unets["values"].module
+    naive = LevelLoopUNet(copy.deepcopy(structured_unet.unet), "values", structured_unet.added)
+    naive_inputs = list(reference.family.unet_inputs(sample, timestep, conditioning, "values",
+                                                     reference.facts).values())
 
     def naive_call():
         with torch.inference_mode():
-            naive(sample, timestep, conditioning.encoder_hidden_states, conditioning.level_states,
-                  conditioning.level_mask)
+            naive(*naive_inputs)
 
     candidates["naive_torch"] = naive_call
     timings = interleaved(candidates, warmup=settings.warmup, rounds=settings.rounds)

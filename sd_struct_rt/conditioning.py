@@ -13,11 +13,11 @@ from typing import Callable
 import torch
 
 from .structure.spans import PhraseSpan, StructuredPrompt
-from .text import token_ids
 
 MODES = ("values", "keys", "plain")
 DEFAULT_MAX_LEVELS = 8
-TextEncoder = Callable[[torch.Tensor], torch.Tensor]  # [M, T] token ids -> [M, T, D] embeddings
+# texts -> their [M, T, D] embeddings and, for families whose UNet reads them, pooled [M, P] ones
+TextEncoder = Callable[[list[str]], "tuple[torch.Tensor, torch.Tensor | None]"]
 
 
 @dataclass
@@ -31,6 +31,7 @@ class Conditioning:
     encoder_hidden_states: torch.Tensor  # [N, T, D]: keys in values mode, the value context in keys mode
     level_states: torch.Tensor  # [N, L, T, D]
     level_mask: torch.Tensor  # [N, L], float 1/0
+    pooled: torch.Tensor | None = None  # [N, P]: the whole prompt's (or negative's) pooled embedding (SDXL)
 
     @property
     def levels_per_row(self) -> list[int]:
@@ -52,18 +53,19 @@ def merged(full: torch.Tensor, phrases: list[torch.Tensor], spans: tuple[PhraseS
     return out
 
 
-def build_conditioning(encoder: TextEncoder, tokenizer, prompts: list[StructuredPrompt],
-                       negative_prompts: list[str], mode: str) -> Conditioning:
+def build_conditioning(encoder: TextEncoder, prompts: list[StructuredPrompt], negative_prompts: list[str],
+                       mode: str) -> Conditioning:
     """Encode every string of the batch in one text-encoder call and stack the levels.
 
     Every span of every prompt becomes a level (the structure stage caps them, ``capped``).
+    Pooled embeddings, where the family has them, come from the whole prompt only.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
     spans = [() if mode == "plain" else p.spans for p in prompts]
     texts = list(negative_prompts) + [p.prompt for p in prompts]
     texts += [span.text for row in spans for span in row]
-    embeddings = encoder(token_ids(tokenizer, texts))
+    embeddings, pooled = encoder(texts)
     count = len(prompts)
     unconditional, full = embeddings[:count], embeddings[count:2 * count]
     phrase_embeddings, cursor = [], 2 * count
@@ -83,7 +85,7 @@ def build_conditioning(encoder: TextEncoder, tokenizer, prompts: list[Structured
     for i, row in enumerate(level_rows):
         stacked[i, :len(row)] = torch.stack(row)
         mask[i, :len(row)] = 1
-    return Conditioning(torch.stack(contexts), stacked, mask)
+    return Conditioning(torch.stack(contexts), stacked, mask, None if pooled is None else pooled[:2 * count])
 
 
 def stack_rows(parts: list[Conditioning]) -> Conditioning:
@@ -100,4 +102,5 @@ def stack_rows(parts: list[Conditioning]) -> Conditioning:
 
     return Conditioning(torch.cat([part.encoder_hidden_states for part in parts]),
                         torch.cat([padded(part.level_states) for part in parts]),
-                        torch.cat([padded(part.level_mask) for part in parts]))
+                        torch.cat([padded(part.level_mask) for part in parts]),
+                        None if parts[0].pooled is None else torch.cat([part.pooled for part in parts]))

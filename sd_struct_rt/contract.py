@@ -241,3 +241,5 @@ class ModelFacts:
     size_step: int  # image sides must be multiples of this for a traced UNet
     latent_channels: int = 4
     tokens: int = 77  # T: text positions
+    pooled_width: int = 0  # P: the pooled text embedding the UNet reads (SDXL), 0 when it reads none
+    force_zeros_for_empty_prompt: bool = False  # SDXL: an empty negative prompt is zeros, not encoded ""

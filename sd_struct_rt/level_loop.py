@@ -36,13 +36,14 @@ class LevelLoopProcessor(StructuredAttnProcessor):
 class LevelLoopUNet(nn.Module):
     """Same inputs and function as ``StructuredUNet``, computed the official way."""
 
-    def __init__(self, unet: nn.Module, mode: str = "values"):
+    def __init__(self, unet: nn.Module, mode: str = "values", added: tuple[str, ...] = ()):
         super().__init__()
         unet.set_attn_processor(LevelLoopProcessor())
-        self.unet, self.mode = unet, mode
+        self.unet, self.mode, self.added = unet, mode, added
 
-    def forward(self, sample, timestep, encoder_hidden_states, level_states, level_mask):
+    def forward(self, sample, timestep, encoder_hidden_states, level_states, level_mask, *added_conditions):
         weights = level_mask / level_mask.sum(dim=1, keepdim=True)
         role = "value_states" if self.mode == "values" else "key_states"
-        return self.unet(sample, timestep, encoder_hidden_states, return_dict=False,
+        added = dict(zip(self.added, added_conditions)) if self.added else None
+        return self.unet(sample, timestep, encoder_hidden_states, return_dict=False, added_cond_kwargs=added,
                          cross_attention_kwargs={role: level_states, "level_weights": weights})[0]

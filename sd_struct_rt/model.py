@@ -18,9 +18,12 @@ from .errors import UserError
 from .files import clear_stale_staging, exclusive_lock, lock_path_for, remove_entry, reporting, staging_path
 from .paths import cache_dir
 
-EMBEDDED_MODELS = ("tiny",)
+EMBEDDED_MODELS = ("tiny", "tiny-sd2", "tiny-sdxl")
 # Weights of the embedded model are a pure function of its configs and this seed.
 MATERIALISE_SEED = 20230222
+# The seed offset of each part's weights; a part keeps its offset for ever, so that the weights
+# of an embedded model do not change when another part is added to the list.
+COMPONENT_SEEDS = {"unet": 0, "vae": 1, "text_encoder": 2, "text_encoder_2": 3}
 # In a cached model folder: the sha256 of every file, written last, checked at every use.
 DIGESTS_NAME = "sdrt-digests.json"
 
@@ -29,44 +32,64 @@ def embedded_config_root(name: str):
     return resources.files("sd_struct_rt") / "models" / name
 
 
+def _config_files(root, prefix: str = ""):
+    """(relative name, entry) of every config file under ``root`` (a path or package resource)."""
+    for entry in sorted(root.iterdir(), key=lambda entry: entry.name):
+        if entry.is_dir():
+            yield from _config_files(entry, f"{prefix}{entry.name}/")
+        elif entry.name.endswith(".json"):
+            yield f"{prefix}{entry.name}", entry
+
+
 def _config_digest(root) -> str:
+    """Weights are a pure function of the configs and the seed: this names them in the cache."""
     digest = hashlib.sha256(str(MATERIALISE_SEED).encode())
-    for component in ("model_index.json", "unet/config.json", "vae/config.json",
-                      "text_encoder/config.json", "scheduler/scheduler_config.json"):
-        digest.update(component.encode())
-        digest.update((root / component).read_bytes())
+    for name, entry in _config_files(root):
+        digest.update(name.encode())
+        digest.update(entry.read_bytes())
     return digest.hexdigest()[:12]
 
 
 def materialise(root, destination: Path) -> None:
-    """Write the SD 1.x model whose configs are in ``root`` (a folder laid out like a diffusers
-    model, configs only) with seeded random weights into the new folder ``destination``."""
+    """Write the model whose configs are in ``root`` (a folder laid out like a diffusers model,
+    configs only) with seeded random weights into the new folder ``destination``.
+
+    Its ``model_index.json`` lists the parts: CLIP tokenizers are written from the real CLIP
+    vocabulary (a ``tokenizer_config.json`` in ``root`` overrides settings such as the pad token),
+    schedulers are copied, models get seeded random weights.
+    """
+    import diffusers
     import torch
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    import transformers
 
     from .vocab import write_tokenizer_folder
 
+    index = json.loads((root / "model_index.json").read_text())
     destination.mkdir(parents=True)
     (destination / "model_index.json").write_bytes((root / "model_index.json").read_bytes())
-    (destination / "scheduler").mkdir()
-    (destination / "scheduler" / "scheduler_config.json").write_bytes(
-        (root / "scheduler" / "scheduler_config.json").read_bytes())
-    write_tokenizer_folder(destination / "tokenizer")
-
-    def config(component: str) -> dict:
-        return json.loads((root / component / "config.json").read_text())
-
-    # Each part gets its own seed so that changing one config leaves the others' weights alone.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(MATERIALISE_SEED)
-        UNet2DConditionModel.from_config(config("unet")).save_pretrained(destination / "unet")
-        torch.manual_seed(MATERIALISE_SEED + 1)
-        AutoencoderKL.from_config(config("vae")).save_pretrained(destination / "vae")
-        torch.manual_seed(MATERIALISE_SEED + 2)
-        text_config = CLIPTextConfig(**{k: v for k, v in config("text_encoder").items()
-                                        if k not in ("architectures", "model_type")})
-        CLIPTextModel(text_config).save_pretrained(destination / "text_encoder")
+    for name, spec in index.items():
+        if name.startswith("_") or not isinstance(spec, list):
+            continue
+        library, class_name = spec
+        source = root / name
+        if class_name == "CLIPTokenizer":
+            overrides = source / "tokenizer_config.json"
+            write_tokenizer_folder(destination / name, json.loads(overrides.read_text()) if overrides.is_file() else {})
+        elif class_name.endswith("Scheduler"):
+            (destination / name).mkdir()
+            (destination / name / "scheduler_config.json").write_bytes((source / "scheduler_config.json").read_bytes())
+        else:
+            config = json.loads((source / "config.json").read_text())
+            # Each part has its own seed, so that changing one config leaves the others' weights alone.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(MATERIALISE_SEED + COMPONENT_SEEDS[name])
+                if library == "diffusers":
+                    model = getattr(diffusers, class_name).from_config(config)
+                else:
+                    settings = {key: value for key, value in config.items()
+                                if key not in ("architectures", "model_type")}
+                    model = getattr(transformers, class_name)(transformers.CLIPTextConfig(**settings))
+            model.save_pretrained(destination / name)
 
 
 def _file_digests(folder: Path) -> dict[str, str]:

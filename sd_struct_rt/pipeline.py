@@ -89,7 +89,7 @@ class EngineSet:
 @dataclass
 class StructuredDiffusionPipeline:
     networks: Networks
-    tokenizer: Any
+    tokenizers: tuple  # the family's, in its order (the first one's tokens are what spans count)
     scheduler: Any
     family: Family
     facts: ModelFacts
@@ -114,7 +114,7 @@ class StructuredDiffusionPipeline:
         loaded = load_model(model)
         family = family_named(loaded.facts.family)
         networks = entry("torch").load().open_model(loaded, family, device, precision)
-        return cls(networks, loaded.tokenizer, loaded.scheduler, family, loaded.facts, loaded.model_id)
+        return cls(networks, loaded.tokenizers, loaded.scheduler, family, loaded.facts, loaded.model_id)
 
     @classmethod
     def from_engines(cls, folder: str | Path, *, model: str | None = None, backend: str | None = None,
@@ -143,10 +143,16 @@ class StructuredDiffusionPipeline:
         networks = engine_backend(manifest.backend).open(
             files, family.networks(manifest.model_facts, manifest.mode), manifest.mode,
             OpenOptions(device=device, cuda_graphs=cuda_graphs), manifest.precision)
-        return cls(networks, CLIPTokenizer.from_pretrained(folder / "tokenizer"), _scheduler_of(folder), family,
-                   manifest.model_facts, manifest.model_id, EngineSet(folder, manifest))
+        tokenizers = tuple(CLIPTokenizer.from_pretrained(folder / name) for name in family.tokenizer_folders)
+        return cls(networks, tokenizers, _scheduler_of(folder), family, manifest.model_facts, manifest.model_id,
+                   EngineSet(folder, manifest))
 
     # --- what it offers ----------------------------------------------------------------------
+
+    @property
+    def tokenizer(self):
+        """The tokenizer whose tokens phrase spans count."""
+        return self.tokenizers[0]
 
     @property
     def backend(self) -> str:
@@ -324,13 +330,11 @@ class StructuredDiffusionPipeline:
                        else analyse(prompt, request.parser, self.tokenizer), request.max_levels)
                 for prompt in request.prompts]
 
-    def encode_text(self, input_ids: torch.Tensor) -> torch.Tensor:
-        encoder = self.networks.text_encoder
-        return _only_output(encoder(**{encoder.contract.input_names[0]: input_ids}))
+    def encode_texts(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.family.encode_texts(self.networks.text_encoder, self.tokenizers, texts, self.facts)
 
     def condition(self, structured: list[StructuredPrompt], request: Request) -> Conditioning:
-        return build_conditioning(self.encode_text, self.tokenizer, structured, list(request.negative_prompts),
-                                  request.mode)
+        return build_conditioning(self.encode_texts, structured, list(request.negative_prompts), request.mode)
 
     def initial_latents(self, request: Request, generators: list[torch.Generator] | None = None) -> torch.Tensor:
         generators = generators or seeded_generators(list(request.seeds))
@@ -341,7 +345,7 @@ class StructuredDiffusionPipeline:
                       mode: str) -> torch.Tensor:
         """One UNet call on ``2 * prompts`` rows: unconditional rows first, then conditional."""
         role, unet = self.unet_for(mode)
-        return _only_output(unet(**self.family.unet_inputs(sample, timestep, conditioning, role)))
+        return _only_output(unet(**self.family.unet_inputs(sample, timestep, conditioning, role, self.facts)))
 
     def denoising_run(self, request: Request, latents: torch.Tensor, generators: list[torch.Generator] | None = None,
                       progress: Progress | None = None) -> DenoisingRun:

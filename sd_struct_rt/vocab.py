@@ -95,8 +95,9 @@ def _bytes_to_unicode() -> dict[int, str]:
     return table
 
 
-def write_tokenizer_folder(folder: Path) -> None:
-    """Write a CLIP tokenizer folder (the layout of SD 1.x's ``tokenizer/``)."""
+def write_tokenizer_folder(folder: Path, overrides: dict | None = None) -> None:
+    """Write a CLIP tokenizer folder (the layout of SD 1.x's ``tokenizer/``); ``overrides`` change
+    its settings (SD 2.x's and SDXL's second tokenizer pad with ``!``, id 0)."""
     with gzip.open(clip_bpe_vocab(), "rt", encoding="utf-8") as handle:
         merges = handle.read().split("\n")[1:MERGE_COUNT + 1]
     byte_tokens = list(_bytes_to_unicode().values())
@@ -107,5 +108,5 @@ def write_tokenizer_folder(folder: Path) -> None:
                                                   ensure_ascii=False), encoding="utf-8")
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
     config = {"tokenizer_class": "CLIPTokenizer", "model_max_length": 77, "do_lower_case": True,
-              "bos_token": BOS, "eos_token": EOS, "unk_token": EOS, "pad_token": EOS}
+              "bos_token": BOS, "eos_token": EOS, "unk_token": EOS, "pad_token": EOS, **(overrides or {})}
     (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")

@@ -17,13 +17,15 @@ PROMPT = StructuredPrompt("a red car and a white sheep",
 
 
 class CountingEncoder:
+    """Texts in, embeddings out, as the family's encode_texts gives them; counts its calls."""
+
     def __init__(self, model):
-        self.inner, self.calls = TextEmbeddings(model.text_encoder), 0
+        self.inner, self.tokenizer, self.calls = TextEmbeddings(model.text_encoder), model.tokenizer, 0
 
     @torch.no_grad()
-    def __call__(self, input_ids):
+    def __call__(self, texts):
         self.calls += 1
-        return self.inner(input_ids)
+        return self.inner(token_ids(self.tokenizer, texts)), None
 
 
 @pytest.fixture
@@ -36,7 +38,7 @@ def encode(tiny):
 
 def test_values_mode_levels(tiny, encode):
     encoder = CountingEncoder(tiny)
-    result = build_conditioning(encoder, tiny.tokenizer, [PROMPT], ["blurry"], "values")
+    result = build_conditioning(encoder, [PROMPT], ["blurry"], "values")
     assert encoder.calls == 1  # every string of the batch in one text-encoder call
     u, e0, red_car, white_sheep = encode(["blurry", PROMPT.prompt, "a red car", "a white sheep"])
     # rows: unconditional first, then conditional
@@ -55,7 +57,7 @@ def test_values_mode_levels(tiny, encode):
 
 def test_a_phrase_at_the_first_word_is_still_a_level(tiny, encode):
     # CLIP is causal: "a red car" encoded alone equals the prompt's first positions.
-    result = build_conditioning(CountingEncoder(tiny), tiny.tokenizer, [PROMPT], [""], "values")
+    result = build_conditioning(CountingEncoder(tiny), [PROMPT], [""], "values")
     e0 = result.level_states[1, 0]
     assert torch.allclose(result.level_states[1, 1], e0, atol=1e-5)
     assert result.levels_per_row == [1, 3]
@@ -65,7 +67,7 @@ def test_keys_mode_merges_phrases_in_order(tiny, encode):
     nested = StructuredPrompt("a red car and a white sheep", (
         PhraseSpan("a red car and a white sheep"[0:9], 0, 3),
         PhraseSpan("red car", 1, 3)))  # inner phrase written last
-    result = build_conditioning(CountingEncoder(tiny), tiny.tokenizer, [nested], [""], "keys")
+    result = build_conditioning(CountingEncoder(tiny), [nested], [""], "keys")
     e0, outer, inner = encode([nested.prompt, "a red car", "red car"])
     merged = result.encoder_hidden_states[1]
     assert torch.equal(merged[1:2], outer[1:2])
@@ -77,14 +79,14 @@ def test_keys_mode_merges_phrases_in_order(tiny, encode):
 
 
 def test_plain_mode_is_one_level(tiny):
-    result = build_conditioning(CountingEncoder(tiny), tiny.tokenizer, [PROMPT], [""], "plain")
+    result = build_conditioning(CountingEncoder(tiny), [PROMPT], [""], "plain")
     assert result.level_states.shape[1] == 1
     assert torch.equal(result.level_states[:, 0], result.encoder_hidden_states)
 
 
 def test_batch_rows_with_different_level_counts_are_padded(tiny):
     single = StructuredPrompt("cats", ())
-    result = build_conditioning(CountingEncoder(tiny), tiny.tokenizer, [PROMPT, single], ["", ""], "values")
+    result = build_conditioning(CountingEncoder(tiny), [PROMPT, single], ["", ""], "values")
     assert result.level_mask.tolist() == [[1, 0, 0], [1, 0, 0], [1, 1, 1], [1, 0, 0]]
     assert result.level_states[3, 1:].abs().sum() == 0
 
@@ -97,5 +99,5 @@ def test_levels_are_capped_with_one_warning_and_recorded(tiny):
     assert [span.text for span in kept.spans] == ["phrase 0", "phrase 1"]
     assert kept.dropped == ("phrase 2", "phrase 3", "phrase 4")
     assert [issubclass(w.category, StructureWarning) for w in caught] == [True]  # one line for all three
-    result = build_conditioning(CountingEncoder(tiny), tiny.tokenizer, [kept], [""], "values")
+    result = build_conditioning(CountingEncoder(tiny), [kept], [""], "values")
     assert result.level_states.shape[1] == 3

@@ -174,7 +174,7 @@ def test_impossible_profiles_are_refused_before_any_work(tmp_path, capsys, argum
 @pytest.mark.parametrize("index, expected", [
     ({"_class_name": "StableDiffusionControlNetPipeline"}, "'StableDiffusionControlNetPipeline' model"),
     ({"_class_name": "StableDiffusionInpaintPipeline"}, "'StableDiffusionInpaintPipeline' model"),
-    ({"_class_name": "StableDiffusionXLPipeline"}, "'StableDiffusionXLPipeline' model"),
+    ({"_class_name": "StableDiffusionXLImg2ImgPipeline"}, "'StableDiffusionXLImg2ImgPipeline' model"),
     ("not json", "model_index.json is unreadable"),
     ([1, 2], "is not a JSON object"),
 ])

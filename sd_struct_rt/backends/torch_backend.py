@@ -43,7 +43,9 @@ class TorchNetwork:
         ordered = [inputs[spec.name].to(self.device, self.dtype if spec.dtype.is_floating_point and not spec.exact
                                         else spec.dtype)
                    for spec in self.contract.inputs]
-        return {self.contract.output_names[0]: self.module(*ordered)}
+        outputs = self.module(*ordered)
+        outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+        return dict(zip(self.contract.output_names, outputs))
 
 
 class TorchBackend:

@@ -18,12 +18,18 @@ from ..errors import UserError
 
 COMPONENTS = ("text_encoder", "unet", "vae_decoder")
 # family name -> module; the order is the order in which families are asked to claim a folder.
-FAMILY_MODULES = {"sd1": "sd_struct_rt.families.sd1"}
+FAMILY_MODULES = {"sdxl": "sd_struct_rt.families.sdxl", "sd2": "sd_struct_rt.families.sd2",
+                  "sd1": "sd_struct_rt.families.sd1"}
 
 
 class Family(Protocol):
     name: str
     title: str  # e.g. "Stable Diffusion 1.x", for messages
+    tokenizer_folders: tuple[str, ...]  # the first one's tokens are the ones spans count
+
+    def encode_texts(self, network: Any, tokenizers: tuple, texts: list[str], facts: ModelFacts) -> tuple[Any, Any]:
+        """Texts through the text-encoder network: ``[M, T, D]`` embeddings and pooled ``[M, P]``
+        ones (None for families whose UNet does not read them)."""
 
     def claims(self, model_index: Mapping[str, Any], folder: Path) -> bool:
         """Whether a folder with this ``model_index.json`` is one of ours."""
@@ -43,7 +49,8 @@ class Family(Protocol):
     def torch_modules(self, model: Any, mode: str) -> dict[str, Any]:
         """Per component, the ``nn.Module`` that takes the contract's inputs in order."""
 
-    def unet_inputs(self, sample: Any, timestep: Any, conditioning: Any, mode: str) -> dict[str, Any]:
+    def unet_inputs(self, sample: Any, timestep: Any, conditioning: Any, mode: str,
+                    facts: ModelFacts) -> dict[str, Any]:
         """The UNet's named inputs for one denoising step, from a ``Conditioning``."""
 
     def cross_attention_count(self, model: Any) -> int:
@@ -80,5 +87,6 @@ def family_of_folder(folder: Path) -> Family:
         if family.claims(index, folder):
             return family
     pipeline_class = index.get("_class_name")
-    raise UserError(f"{folder} holds a {pipeline_class!r} model, which sd-struct-rt does not support; "
-                    "give a Stable Diffusion 1.x text-to-image folder (StableDiffusionPipeline)")
+    raise UserError(f"{folder} holds a {pipeline_class!r} model, which sd-struct-rt does not support; give a "
+                    "Stable Diffusion 1.x, 2.x or XL base text-to-image folder (StableDiffusionPipeline or "
+                    "StableDiffusionXLPipeline)")

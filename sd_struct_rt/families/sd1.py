@@ -34,8 +34,9 @@ from torch import nn
 
 from ..attention import MODES, StructuredUNet
 from ..contract import (Axis, Fixed, ModelFacts, NetworkContract, Profile, Scaled, TensorSpec, integers_below,
-                        standard_normal, uniform_below)
+                        uniform_below)
 from ..errors import UserError
+from ..text import token_ids
 
 # SPEC section 5: the UNet's stacked-levels input is named after the role the levels play.
 LEVEL_INPUTS = {"values": "value_states", "keys": "key_states"}
@@ -59,6 +60,10 @@ class StableDiffusionModel:
     unet: Any
     vae: Any
     scheduler: Any
+
+    @property
+    def tokenizers(self) -> tuple:
+        return (self.tokenizer,)
 
     @property
     def vae_scale_factor(self) -> int:
@@ -93,12 +98,37 @@ class LatentDecoder(nn.Module):
         return (images / 2 + 0.5).clamp(0, 1)
 
 
+class Dims:
+    """The dimensions of a family's contracts, sized by a model's facts."""
+
+    def __init__(self, facts: ModelFacts):
+        scale = facts.vae_scale_factor
+        self.rows = Axis("N", "batch", "UNet rows, two per prompt", 2)
+        self.prompts = Axis("N", "batch", "prompts", 2)
+        self.strings = Axis("M", "strings", "texts in one text-encoder call", 2)
+        self.levels = Axis("L", "levels", "levels per prompt, the full prompt included", 3)
+        # 16x24 latents: unequal, so height and width cannot be confused, and cheap to trace.
+        self.height = Axis("h", "height", f"latent pixels, image pixels / {scale}", 16)
+        self.width = Axis("w", "width", f"latent pixels, image pixels / {scale}", 24)
+        self.channels = Fixed("channels", "latent channels", facts.latent_channels)
+        self.tokens = Fixed("tokens", "CLIP positions", facts.tokens)
+        self.text_width = Fixed("text width", "text-encoder features", facts.text_width)
+
+
 def draw_level_mask(shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
     """Rows with 1..L real levels (the first row all L), so padding sits behind the mask."""
     rows, levels = shape
     counts = torch.randint(1, levels + 1, (rows,), generator=generator)
     counts[0] = levels
     return (torch.arange(levels)[None, :] < counts[:, None]).float()
+
+
+def _openclip_text_encoder(folder: Path) -> bool:
+    """SD 2.x's OpenCLIP text encoder uses plain GELU where OpenAI's CLIP (SD 1.x) uses quick GELU."""
+    try:
+        return json.loads((folder / "text_encoder" / "config.json").read_text()).get("hidden_act") == "gelu"
+    except (OSError, ValueError, AttributeError):
+        return False  # check_folder says what is wrong with it
 
 
 def _read_config(folder: Path, name: str) -> dict:
@@ -114,9 +144,10 @@ def _read_config(folder: Path, name: str) -> dict:
 class StableDiffusion1:
     name = "sd1"
     title = "Stable Diffusion 1.x"
+    tokenizer_folders = ("tokenizer",)
 
     def claims(self, model_index: Mapping[str, Any], folder: Path) -> bool:
-        return model_index.get("_class_name") == "StableDiffusionPipeline"
+        return model_index.get("_class_name") == "StableDiffusionPipeline" and not _openclip_text_encoder(folder)
 
     def check_folder(self, folder: Path) -> None:
         if not folder.is_dir():
@@ -173,17 +204,8 @@ class StableDiffusion1:
     def networks(self, facts: ModelFacts, mode: str) -> dict[str, NetworkContract]:
         if mode not in LEVEL_INPUTS:
             raise ValueError(f"mode must be one of {tuple(LEVEL_INPUTS)}, not {mode!r}")
+        dims = Dims(facts)
         scale, step = facts.vae_scale_factor, facts.size_step
-        rows = Axis("N", "batch", "UNet rows, two per prompt", 2)
-        prompts = Axis("N", "batch", "prompts", 2)
-        strings = Axis("M", "strings", "texts in one text-encoder call", 2)
-        levels = Axis("L", "levels", "levels per prompt, the full prompt included", 3)
-        # 16x24 latents: unequal, so height and width cannot be confused, and cheap to trace.
-        height = Axis("h", "height", f"latent pixels, image pixels / {scale}", 16)
-        width = Axis("w", "width", f"latent pixels, image pixels / {scale}", 24)
-        channels = Fixed("channels", "latent channels", facts.latent_channels)
-        tokens = Fixed("tokens", "CLIP positions", facts.tokens)
-        text_width = Fixed("text width", "text-encoder features", facts.text_width)
 
         def latent_sides(profile: Profile) -> tuple[int, int, int]:
             low, high = profile.size
@@ -205,31 +227,40 @@ class StableDiffusion1:
             side = latent_sides(profile)
             return {"N": (low, low, high), "h": side, "w": side}
 
+        rows, levels, tokens, text_width = dims.rows, dims.levels, dims.tokens, dims.text_width
+        latents = (rows, dims.channels, dims.height, dims.width)
         return {
-            "text_encoder": NetworkContract(
-                "text_encoder",
-                (TensorSpec("input_ids", torch.int32, (strings, tokens),
-                            integers_below(facts.vocab_size, torch.int32)),),
-                (TensorSpec("text_embeddings", torch.float32, (strings, tokens, text_width)),),
-                text_ranges),
+            "text_encoder": NetworkContract("text_encoder", self._text_encoder_inputs(facts, dims),
+                                            self._text_encoder_outputs(facts, dims), text_ranges),
             "unet": NetworkContract(
                 "unet",
-                (TensorSpec("sample", torch.float32, (rows, channels, height, width)),
+                (TensorSpec("sample", torch.float32, latents),
                  # float32 and exact (SPEC 5): fractional timesteps (Euler, Karras sigmas) pass as given
                  TensorSpec("timestep", torch.float32, (rows,), uniform_below(TRAIN_TIMESTEPS), exact=True),
                  TensorSpec("encoder_hidden_states", torch.float32, (rows, tokens, text_width)),
                  TensorSpec(LEVEL_INPUTS[mode], torch.float32, (rows, levels, tokens, text_width)),
-                 TensorSpec("level_mask", torch.float32, (rows, levels), draw_level_mask)),
-                (TensorSpec("noise_pred", torch.float32, (rows, channels, height, width)),),
+                 TensorSpec("level_mask", torch.float32, (rows, levels), draw_level_mask),
+                 *self._unet_added_inputs(facts, dims)),
+                (TensorSpec("noise_pred", torch.float32, latents),),
                 unet_ranges),
             "vae_decoder": NetworkContract(
                 "vae_decoder",
-                (TensorSpec("latent", torch.float32, (prompts, channels, height, width), standard_normal),),
+                (TensorSpec("latent", torch.float32, (dims.prompts, dims.channels, dims.height, dims.width)),),
                 (TensorSpec("images", torch.float32,
-                            (prompts, Fixed("channels", "image channels", 3), Scaled(height, scale),
-                             Scaled(width, scale))),),
+                            (dims.prompts, Fixed("channels", "image channels", 3), Scaled(dims.height, scale),
+                             Scaled(dims.width, scale))),),
                 vae_ranges),
         }
+
+    def _text_encoder_inputs(self, facts: ModelFacts, dims: "Dims") -> tuple[TensorSpec, ...]:
+        return (TensorSpec("input_ids", torch.int32, (dims.strings, dims.tokens),
+                           integers_below(facts.vocab_size, torch.int32)),)
+
+    def _text_encoder_outputs(self, facts: ModelFacts, dims: "Dims") -> tuple[TensorSpec, ...]:
+        return (TensorSpec("text_embeddings", torch.float32, (dims.strings, dims.tokens, dims.text_width)),)
+
+    def _unet_added_inputs(self, facts: ModelFacts, dims: "Dims") -> tuple[TensorSpec, ...]:
+        return ()
 
     def torch_modules(self, model: StableDiffusionModel, mode: str) -> dict[str, nn.Module]:
         if mode not in MODES:
@@ -237,8 +268,12 @@ class StableDiffusion1:
         return {"text_encoder": TextEmbeddings(model.text_encoder), "unet": StructuredUNet(model.unet, mode),
                 "vae_decoder": LatentDecoder(model.vae)}
 
-    def unet_inputs(self, sample: torch.Tensor, timestep: torch.Tensor, conditioning: Any,
-                    mode: str) -> dict[str, torch.Tensor]:
+    def encode_texts(self, network: Any, tokenizers: tuple, texts: list[str],
+                     facts: ModelFacts) -> tuple[torch.Tensor, None]:
+        return network(input_ids=token_ids(tokenizers[0], texts))["text_embeddings"], None
+
+    def unet_inputs(self, sample: torch.Tensor, timestep: torch.Tensor, conditioning: Any, mode: str,
+                    facts: ModelFacts) -> dict[str, torch.Tensor]:
         """The UNet's named inputs for one step; the stacked levels go in under their role's name."""
         return {"sample": sample, "timestep": timestep, "encoder_hidden_states": conditioning.encoder_hidden_states,
                 LEVEL_INPUTS[mode]: conditioning.level_states, "level_mask": conditioning.level_mask}
