@@ -14,6 +14,8 @@ level inputs that ``StructuredUNet`` prepares once per call and passes as
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -33,8 +35,42 @@ def _merge_heads(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).reshape(batch, tokens, heads * head_dim)
 
 
+class AttentionRecorder:
+    """Where each text position looks: the conditional rows' cross-attention probabilities,
+    averaged over heads, key levels, layers and steps, on the latent grid ``[B, T, h, w]``."""
+
+    def __init__(self, latent_height: int, latent_width: int):
+        self.height, self.width = latent_height, latent_width
+        self.total: torch.Tensor | None = None
+        self.layers = 0
+
+    def add(self, probabilities: torch.Tensor) -> None:
+        """``probabilities [N, Q, T]`` of one layer (heads and levels averaged), N = 2 x prompts."""
+        conditional = probabilities[probabilities.shape[0] // 2:].float()
+        prompts, queries, tokens = conditional.shape
+        factor = round((self.height * self.width / queries) ** 0.5)  # the layer's downsampling
+        grid = conditional.transpose(1, 2).reshape(prompts, tokens, self.height // factor, self.width // factor)
+        grid = F.interpolate(grid, size=(self.height, self.width), mode="bilinear", align_corners=False)
+        self.total = grid if self.total is None else self.total + grid
+        self.layers += 1
+
+    def maps(self) -> torch.Tensor:
+        return self.total / self.layers
+
+
+def _probabilities(query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+    """softmax(Q K^T / sqrt(d)), averaged over heads: ``[N, Q, T]``."""
+    scores = query @ key.transpose(-1, -2) * query.shape[-1] ** -0.5
+    return scores.softmax(dim=-1).mean(dim=1)
+
+
 class StructuredAttnProcessor:
-    """Attention for SD 1.x ``Attention`` modules with structured cross-attention inputs."""
+    """Attention for SD 1.x ``Attention`` modules with structured cross-attention inputs.
+
+    With a ``recorder`` set, cross-attention also hands it its probabilities (computed apart,
+    so the image is the same as without)."""
+
+    recorder: AttentionRecorder | None = None
 
     def __call__(
         self,
@@ -63,11 +99,16 @@ class StructuredAttnProcessor:
                 query.repeat_interleave(levels, dim=0), keys, value.repeat_interleave(levels, dim=0))
             per_level = per_level.unflatten(0, (batch, levels))
             out = torch.einsum("nl,nlhsd->nhsd", key_weights, per_level)
+            if self.recorder is not None:
+                per_key = _probabilities(query.repeat_interleave(levels, dim=0), keys).unflatten(0, (batch, levels))
+                self.recorder.add(torch.einsum("nl,nlqt->nqt", key_weights, per_key))
         else:
             key = _split_heads(attn.to_k(encoder_hidden_states), heads)
             values_from = encoder_hidden_states if value_context is None else value_context
             value = _split_heads(attn.to_v(values_from), heads)
             out = F.scaled_dot_product_attention(query, key, value)
+            if self.recorder is not None:
+                self.recorder.add(_probabilities(query, key))
         return attn.to_out[1](attn.to_out[0](_merge_heads(out)))
 
 
@@ -101,6 +142,18 @@ class StructuredUNet(nn.Module):
         self.unet = unet
         self.mode = mode
         self.added = added  # names of the UNet's added conditions, which follow level_mask (SDXL's)
+
+    @contextlib.contextmanager
+    def recording(self, recorder: AttentionRecorder):
+        """Hand every cross-attention's probabilities to ``recorder`` during the block."""
+        processors = {id(processor): processor for processor in self.unet.attn_processors.values()}
+        for processor in processors.values():
+            processor.recorder = recorder
+        try:
+            yield recorder
+        finally:
+            for processor in processors.values():
+                processor.recorder = None
 
     def forward(self, sample, timestep, encoder_hidden_states, level_states, level_mask, *added_conditions):
         # SPEC P3: padded levels change nothing whatever finite values they hold. Zeroed before

@@ -27,6 +27,8 @@ import torch
 from PIL import Image
 
 from . import __version__, inputs
+from .attention import AttentionRecorder, StructuredUNet
+from .attention_maps import named_maps
 from .backends import Networks, OpenOptions
 from .conditioning import DEFAULT_MAX_LEVELS, MODES, Conditioning, build_conditioning
 from .contract import ModelFacts
@@ -51,6 +53,8 @@ class PipelineOutput:
 
     images: list[Image.Image]
     metadata: list[dict[str, str]]
+    # with attention_maps=True: per image, named heatmaps (``attention_maps.named_maps``)
+    attention: list[dict[str, Any]] | None = None
 
     def save(self, index: int, path: str | Path) -> Path:
         """Write image ``index`` as a PNG with its metadata; the file appears only when complete."""
@@ -178,7 +182,8 @@ class StructuredDiffusionPipeline:
                  negative_prompt: str | Sequence[str] = "", width: int | None = None, height: int | None = None,
                  mode: str = "values", parser: str | Parser | None = None, phrases: Sequence[str] | None = None,
                  trees: Sequence[str] | None = None, max_levels: int = DEFAULT_MAX_LEVELS,
-                 scheduler: str | None = None, progress: Progress | None = None) -> PipelineOutput:
+                 scheduler: str | None = None, attention_maps: bool = False,
+                 progress: Progress | None = None) -> PipelineOutput:
         """Generate one image per prompt; a list of prompts is one batch, one denoising loop.
 
         A prompt may also be a ``StructuredPrompt`` that ``structure`` (or ``sd_struct_rt.structure.
@@ -191,14 +196,17 @@ class StructuredDiffusionPipeline:
         ``max_levels`` caps the levels per prompt, the full prompt included; extra phrases
         are dropped with a warning. ``scheduler``: one of ``schedulers.SCHEDULERS`` (``pndm``,
         ``ddim``, ``euler``, ``euler-a``, ``dpm++2m``, ``dpm++2m-karras``, ``unipc``, ``lms``),
-        by default the model folder's own. ``progress(done, total)`` is called after each
-        denoising step the caller asked for.
+        by default the model folder's own. ``attention_maps`` (torch reference only) also returns,
+        per image, where each token and phrase looked (``PipelineOutput.attention``).
+        ``progress(done, total)`` is called after each denoising step the caller asked for.
         """
         # 1. check every input before any compute
         request = self.check_inputs(prompt, seed=seed, num_inference_steps=num_inference_steps,
                                     guidance_scale=guidance_scale, negative_prompt=negative_prompt, width=width,
                                     height=height, mode=mode, parser=parser, phrases=phrases, trees=trees,
                                     max_levels=max_levels, scheduler=scheduler)
+        if attention_maps:
+            self.recording_unet(request.mode)  # refuses engines before any compute
         # 2. structure: prompt -> noun-phrase token spans
         structured = self.structure(request)
         # 3. conditioning: keys, stacked levels, level mask
@@ -207,9 +215,25 @@ class StructuredDiffusionPipeline:
         generators = seeded_generators(list(request.seeds))
         latents = self.initial_latents(request, generators)
         # 5. denoise
-        latents = self.denoise(conditioning, latents, request, progress, generators)
-        # 6. decode
-        return self.output(request, structured, self.decode(latents))
+        if not attention_maps:
+            latents = self.denoise(conditioning, latents, request, progress, generators)
+            # 6. decode
+            return self.output(request, structured, self.decode(latents))
+        recorder = AttentionRecorder(*latents.shape[2:])
+        with self.recording_unet(request.mode).recording(recorder):
+            latents = self.denoise(conditioning, latents, request, progress, generators)
+        output = self.output(request, structured, self.decode(latents))
+        output.attention = [named_maps(maps, prompt, self.tokenizer)
+                            for maps, prompt in zip(recorder.maps(), structured)]
+        return output
+
+    def recording_unet(self, mode: str) -> StructuredUNet:
+        """The torch UNet that records attention; engines do not expose theirs."""
+        module = getattr(self.unet_for(mode)[1], "module", None)
+        if not isinstance(module, StructuredUNet):
+            raise InputError("attention maps need the torch reference (StructuredDiffusionPipeline.from_pretrained); "
+                             f"the {self.backend} engines do not expose their attention")
+        return module
 
     # --- 1. inputs ---------------------------------------------------------------------------
 

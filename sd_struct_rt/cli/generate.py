@@ -57,6 +57,9 @@ def add_to(commands) -> None:
                        help="prompts per denoising loop; rows may hold different numbers of levels [default: 1]")
     batch.add_argument("--out-dir", type=Path, metavar="DIR",
                        help="folder for the PNGs of --prompts-file, named NNNN-prompt.png")
+    parser.add_argument("--attention-maps", type=Path, metavar="DIR",
+                        help="also write where each token and phrase looked (cross-attention over all steps and "
+                             "layers) as heatmaps on the image, with an index JSON; torch reference only")
     options.add_structure_options(parser, with_plain=True)
     options.add_progress_options(parser)
     parser.set_defaults(run=run)
@@ -167,6 +170,7 @@ def run(args) -> None:
 
 
 def _generate(args, targets: list[tuple[str, int, Path]], parser) -> None:
+    from ..attention_maps import write_attention_maps
     from ..structure import analyse
     from ..text import content_tokens, token_count
 
@@ -179,6 +183,8 @@ def _generate(args, targets: list[tuple[str, int, Path]], parser) -> None:
     # Every batch (the last may be smaller) is checked before the first image is made.
     for batch in batches:
         pipe.check_inputs(prompts[batch], seed=seeds[batch], **common)
+    if args.attention_maps is not None:
+        pipe.recording_unet(args.mode)  # engines cannot give them: say so before any work
     if args.prompts_file is not None:
         # CLIP would truncate these silently; in a file of prompts that is almost always a mistake.
         limit = content_tokens(pipe.tokenizer)
@@ -191,9 +197,12 @@ def _generate(args, targets: list[tuple[str, int, Path]], parser) -> None:
     for number, batch in enumerate(batches, start=1):
         bar = options.ProgressBar(args, "denoising" if len(batches) == 1 else f"batch {number}/{len(batches)}")
         try:
-            result = pipe(structured[batch], seed=seeds[batch], progress=bar, **common)
+            result = pipe(structured[batch], seed=seeds[batch], progress=bar,
+                          attention_maps=args.attention_maps is not None, **common)
         finally:
             bar.close()
         for index, out in enumerate(outs[batch]):
             result.save(index, out)
+            if args.attention_maps is not None:
+                write_attention_maps(args.attention_maps, out.stem, result.images[index], result.attention[index])
     print(f"wrote {outs[0] if len(outs) == 1 else f'{len(outs)} images in {args.out_dir}'}")

@@ -1,0 +1,86 @@
+"""sdrt compare's labelled grid, and attention maps from the torch reference."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sd_struct_rt import InputError, StructuredDiffusionPipeline
+from sd_struct_rt.attention_maps import heat_centroid
+from sd_struct_rt.image import read_png_metadata
+
+from tests.hardening import one_error_line, run_sdrt
+
+PROMPT = "a red car and a white sheep"
+FAST = {"num_inference_steps": 3, "width": 64, "height": 64}
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return StructuredDiffusionPipeline.from_pretrained("tiny", device="cpu")
+
+
+def test_compare_writes_one_grid_with_a_row_per_mode_and_a_column_per_seed(tmp_path, capsys):
+    out = tmp_path / "grid.png"
+    assert run_sdrt(capsys, "compare", PROMPT, "--modes", "plain,values", "--seeds", "3", "--steps", "2",
+                    "--width", "64", "--height", "64", "--scale", "2", "--quiet", "--out", str(out))[0] == 0
+    with Image.open(out) as grid:
+        assert grid.width > 3 * 128 and grid.height > 2 * 128  # three columns, two rows of 128-pixel cells
+    meta = read_png_metadata(out)
+    assert meta["modes"] == "plain,values" and meta["seeds"] == "0,1,2"
+    one_error_line(*run_sdrt(capsys, "compare", PROMPT, "--modes", "plain,loud", "--out", str(tmp_path / "x.png")),
+                   "--modes takes values, keys, plain")
+
+
+def test_recording_attention_leaves_the_image_as_it_was(pipe):
+    plain = pipe(PROMPT, seed=4, **FAST)
+    recorded = pipe(PROMPT, seed=4, attention_maps=True, **FAST)
+    assert recorded.png(0) == plain.png(0)
+    maps = recorded.attention[0]
+    assert list(maps)[:7] == ["token 0 a", "token 1 red", "token 2 car", "token 3 and", "token 4 a", "token 5 white",
+                              "token 6 sheep"]
+    assert np.allclose(maps["phrase a white sheep"], np.mean([maps["token 4 a"], maps["token 5 white"],
+                                                              maps["token 6 sheep"]], axis=0))
+    assert all(heat.shape == (8, 8) and np.isfinite(heat).all() for heat in maps.values())
+
+
+@pytest.mark.parametrize("mode", ["values", "keys"])
+def test_maps_are_probabilities(pipe, mode):
+    """Over every text position a query's attention sums to 1, so the maps of all 77 positions
+    sum to 1 everywhere; the recorder keeps that through heads, levels, layers and steps."""
+    from sd_struct_rt.attention import AttentionRecorder
+
+    request = pipe.check_inputs(PROMPT, mode=mode, **FAST)
+    conditioning = pipe.condition(pipe.structure(request), request)
+    recorder = AttentionRecorder(8, 8)
+    with pipe.recording_unet(mode).recording(recorder):
+        pipe.denoise(conditioning, pipe.initial_latents(request), request)
+    assert np.allclose(recorder.maps()[0].sum(dim=0).numpy(), 1.0, atol=1e-4)
+
+
+def test_the_cli_writes_overlays_and_an_index(tmp_path, capsys):
+    maps = tmp_path / "maps"
+    assert run_sdrt(capsys, "generate", PROMPT, "--steps", "2", "--width", "64", "--height", "64", "--quiet",
+                    "--out", str(tmp_path / "car.png"), "--attention-maps", str(maps))[0] == 0
+    index = json.loads((maps / "car-attention.json").read_text())
+    assert "phrase a red car" in index and "token 6 sheep" in index
+    assert all((maps / entry["file"]).is_file() for entry in index.values())
+    assert all(0 <= entry["centroid_xy"][0] <= 64 for entry in index.values())
+
+
+def test_engines_cannot_give_attention_maps(tiny_engines, tmp_path, capsys):
+    with pytest.raises(InputError, match="attention maps need the torch reference"):
+        StructuredDiffusionPipeline.from_engines(tiny_engines)(PROMPT, attention_maps=True, **FAST)
+    one_error_line(*run_sdrt(capsys, "generate", PROMPT, "--engine", str(tiny_engines), "--attention-maps",
+                             str(tmp_path / "maps"), "--out", str(tmp_path / "x.png")), "torch reference")
+    assert not list(tmp_path.iterdir())
+
+
+def test_the_centroid_of_a_map_is_where_its_heat_is():
+    heat = np.zeros((8, 8))
+    heat[1, 6] = 1.0
+    x, y = heat_centroid(heat, (64, 64))
+    assert abs(x - 52) < 1 and abs(y - 12) < 1
