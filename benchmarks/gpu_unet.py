@@ -20,7 +20,7 @@ from diffusers import UNet2DConditionModel
 
 from sd_struct_rt.attention import StructuredUNet
 from sd_struct_rt.level_loop import LevelLoopUNet
-from sd_struct_rt.timing import interleaved, machine_description, ratio
+from sd_struct_rt.timing import interleaved, machine_description, ratio, write_results
 
 CONFIG = Path(__file__).parent / "configs" / "sd15" / "unet" / "config.json"
 
@@ -84,8 +84,7 @@ def main() -> None:
         "ratios": {f"{name}_over_plain{suffix}": round(ratio(timings, name + suffix, "plain" + suffix), 4)
                    for name in ("values", "keys", "naive_values") for suffix in ("", "_cuda_graph")},
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_results(args.out, result)
     print(json.dumps(result, indent=2))
 
 

@@ -33,7 +33,7 @@ from sd_struct_rt.contract import Profile
 from sd_struct_rt.families.sd1 import FAMILY
 from sd_struct_rt.model import load_model, materialised_folder, model_facts
 from sd_struct_rt.paths import cache_dir
-from sd_struct_rt.timing import interleaved, machine_description, ratio
+from sd_struct_rt.timing import interleaved, machine_description, ratio, write_results
 
 CONFIG_ROOT = Path(__file__).parent / "configs" / "sd15"
 RUNTIMES = ("torch", "onnxruntime", "openvino-fp32", "openvino-bf16")
@@ -193,8 +193,7 @@ def main() -> None:
         result["end_to_end_512"] = {"runtime": fastest,
                                     "seconds_per_image": end_to_end(backend, precision or "fp32")}
     result["date"] = time.strftime("%Y-%m-%d")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_results(args.out, result)
     print(json.dumps(result, indent=2))
 
 

@@ -55,7 +55,7 @@ def main() -> None:
         return
 
     from sd_struct_rt.export.build import check_graphs
-    from sd_struct_rt.timing import machine_description
+    from sd_struct_rt.timing import machine_description, write_results
 
     with tempfile.TemporaryDirectory() as scratch:
         started = time.perf_counter()
@@ -75,8 +75,7 @@ def main() -> None:
         else:
             result["error"] = child.stderr.strip().splitlines()[-1] if child.stderr.strip() else "killed"
     result["date"] = time.strftime("%Y-%m-%d")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_results(args.out, result)
     print(json.dumps(result, indent=2))
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import httpx
 
-from sd_struct_rt.timing import machine_description
+from sd_struct_rt.timing import machine_description, write_results
 
 POLICIES = ("single", "static", "inflight")
 PROMPTS = ["a red car and a white sheep", "cats", "a big dog on a small mat with a blue ball", "a cat on a mat",
@@ -180,8 +180,7 @@ def main() -> None:
             rate: round(result["policies"]["inflight"][rate]["p95_s"] / result["policies"]["static"][rate]["p95_s"], 3)
             for rate in result["policies"]["inflight"]}
     result["date"] = time.strftime("%Y-%m-%d")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_results(args.out, result)
     plot(result, args.plot)
     print(json.dumps(result, indent=2))
 

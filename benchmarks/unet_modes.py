@@ -16,7 +16,7 @@ import torch
 
 from sd_struct_rt.attention import StructuredUNet
 from sd_struct_rt.level_loop import LevelLoopUNet
-from sd_struct_rt.timing import interleaved, machine_description, ratio
+from sd_struct_rt.timing import interleaved, machine_description, ratio, write_results
 from sd_struct_rt.model import load_model
 
 
@@ -68,8 +68,7 @@ def main() -> None:
             "naive_over_plain": round(ratio(timings, "naive_values", "plain"), 4),
         },
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_results(args.out, result)
     print("| candidate | median ms | p25-p75 ms |")
     print("|---|---|---|")
     for name, timing in timings.items():

@@ -7,11 +7,13 @@ median of the per-round ratios, never a ratio of separately measured medians.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import statistics
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -77,3 +79,11 @@ def machine_description() -> dict[str, object]:
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
     return info
+
+
+def write_results(path: Path, result: dict) -> None:
+    """A benchmark's JSON, written whole (atomically) into ``path``, its folder made if needed."""
+    from .files import write_bytes_atomically
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomically(path, (json.dumps(result, indent=2) + "\n").encode(), "benchmark results")

@@ -50,8 +50,9 @@ class NaiveOfficialProcessor:
         return attn.to_out[1](attn.to_out[0](out))
 
 
-def naive_unet_call(unet, sample, timestep, key_levels, value_levels):
-    """One row at a time (levels differ per row): the official loop on a copy of the UNet."""
+def naive_unet_call(unet, sample, timestep, key_levels, value_levels, added=None):
+    """One row at a time (levels differ per row): the official loop on a copy of the UNet;
+    ``added`` are the UNet's added conditions by name (SDXL's), rows like ``sample``."""
     processor = NaiveOfficialProcessor()
     naive = copy.deepcopy(unet)
     naive.set_attn_processor(processor)
@@ -59,9 +60,10 @@ def naive_unet_call(unet, sample, timestep, key_levels, value_levels):
     for row in range(sample.shape[0]):
         processor.key_levels = [level[row:row + 1] for level in key_levels[row]]
         processor.value_levels = [level[row:row + 1] for level in value_levels[row]]
+        extra = {name: tensor[row:row + 1] for name, tensor in (added or {}).items()} or None
         with torch.no_grad():
-            rows.append(naive(sample[row:row + 1], timestep[row:row + 1], key_levels[row][0][row:row + 1]
-                              if key_levels[row] else None).sample)
+            rows.append(naive(sample[row:row + 1], timestep[row:row + 1], key_levels[row][0][row:row + 1],
+                              added_cond_kwargs=extra).sample)
     return torch.cat(rows)
 
 

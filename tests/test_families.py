@@ -19,7 +19,7 @@ from sd_struct_rt.structure.spans import PhraseSpan, StructuredPrompt
 
 from tests.conftest import relative_error
 from tests.hardening import run_sdrt
-from tests.test_attention import NaiveOfficialProcessor
+from tests.test_attention import naive_unet_call
 
 FAMILIES = {"tiny": "sd1", "tiny-sd2": "sd2", "tiny-sdxl": "sdxl"}
 PROMPT = "a red car and a white sheep"
@@ -72,22 +72,6 @@ def added_conditions(model, rows: int, generator: torch.Generator) -> dict:
             "time_ids": torch.tensor([[64.0, 64, 0, 0, 64, 64]]).expand(rows, 6)}
 
 
-def naive_call(unet, sample, timestep, key_levels, value_levels, added):
-    """One row at a time, the official per-level loop (tests.test_attention's processor)."""
-    processor = NaiveOfficialProcessor()
-    naive = copy.deepcopy(unet)
-    naive.set_attn_processor(processor)
-    rows = []
-    for row in range(sample.shape[0]):
-        processor.key_levels = [level[row:row + 1] for level in key_levels[row]]
-        processor.value_levels = [level[row:row + 1] for level in value_levels[row]]
-        extra = {name: tensor[row:row + 1] for name, tensor in added.items()} or None
-        with torch.no_grad():
-            rows.append(naive(sample[row:row + 1], timestep[row:row + 1], key_levels[row][0][row:row + 1],
-                              added_cond_kwargs=extra).sample)
-    return torch.cat(rows)
-
-
 @pytest.mark.parametrize("mode", ["values", "keys"])
 def test_p1_to_p4_hold_for_every_family(model, mode):
     generator = torch.Generator().manual_seed(3)
@@ -109,9 +93,10 @@ def test_p1_to_p4_hold_for_every_family(model, mode):
         one_level = ours(sample, timestep, context, context[:, None], torch.ones(rows, 1), *added.values())
     assert torch.equal(one_level, plain)  # P1, exactly
     levels_of = [[stacked[:, i] for i in range(n)] for n in counts]
-    naive = naive_call(model.unet, sample, timestep,
-                       key_levels=[[context] if mode == "values" else row for row in levels_of],
-                       value_levels=[row if mode == "values" else [context] for row in levels_of], added=added)
+    naive = naive_unet_call(model.unet, sample, timestep,
+                            key_levels=[[context] if mode == "values" else row for row in levels_of],
+                            value_levels=[row if mode == "values" else [context] for row in levels_of],
+                            added=added)
     assert relative_error(batched, naive) <= 1e-5  # P2, and P3/P4: padded rows of different level counts
     assert family.cross_attention_count(model) == sum(1 for name, _ in model.unet.named_modules()
                                                       if name.endswith("attn2"))

@@ -14,11 +14,11 @@ import warnings
 from .. import __version__
 from ..errors import UserError
 from ..files import os_error_line
-from . import bench, build_engine, check_engine, compare, generate, options, parse, serve
+from . import bench, build_engine, check_engine, compare, evaluate, generate, options, parse, serve
 
 EXIT_INTERRUPTED = 128 + signal.SIGINT
 EXIT_TERMINATED = 128 + signal.SIGTERM
-COMMANDS = (generate, compare, parse, build_engine, check_engine, bench, serve)
+COMMANDS = (generate, compare, evaluate, parse, build_engine, check_engine, bench, serve)
 
 
 
