@@ -19,6 +19,8 @@ from .files import clear_stale_staging, exclusive_lock, lock_path_for, remove_en
 from .paths import cache_dir
 
 EMBEDDED_MODELS = ("tiny",)
+# Trained models that ship whole in the package, weights included, and load from where they lie.
+PACKAGED_MODELS = ("shapes",)
 # Weights of the embedded model are a pure function of its configs and this seed.
 MATERIALISE_SEED = 20230222
 # In a cached model folder: the sha256 of every file, written last, checked at every use.
@@ -131,9 +133,11 @@ def _download_from_hub(model_id: str) -> Path:
 
 
 def resolve_model_folder(model: str) -> Path:
-    """Map ``tiny``, a local folder or a hub id to a local diffusers-format folder."""
+    """Map ``tiny``, ``shapes``, a local folder or a hub id to a local diffusers-format folder."""
     if model in EMBEDDED_MODELS:
         return embedded_model_folder(model)
+    if model in PACKAGED_MODELS:
+        return Path(str(_embedded_config_root(model)))
     path = Path(model).expanduser()
     if path.exists():
         return path
