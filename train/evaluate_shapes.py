@@ -72,7 +72,7 @@ def main() -> None:
     parser.add_argument("--first-seed", type=int, default=1000)
     parser.add_argument("--two-object-prompts", type=int, default=40)
     parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--guidance", type=float, default=7.5)
+    parser.add_argument("--guidance", type=float, default=3.0)
     parser.add_argument("--modes", nargs="+", default=["plain", "values"])
     args = parser.parse_args()
 
