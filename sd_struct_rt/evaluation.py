@@ -32,6 +32,9 @@ class Score:
 
 
 class Scorer(Protocol):
+    """Judges images. It may also define ``check(prompt)``, raising ``InputError`` for a prompt
+    it cannot judge; ``evaluate`` calls it on every prompt before the first image is made."""
+
     name: str
 
     def score(self, prompt: str, image: Image.Image) -> Score: ...
@@ -115,6 +118,9 @@ def evaluate(pipe, prompts: Sequence[str], seeds: Sequence[int], modes: Sequence
     """Every prompt x seed in every mode; ``arguments`` go to the pipeline (steps, guidance...)."""
     jobs = [(prompt, seed) for prompt in prompts for seed in seeds]
     batches = [jobs[start:start + batch_size] for start in range(0, len(jobs), batch_size)]
+    check_prompt = getattr(scorer, "check", None)
+    for prompt in prompts if callable(check_prompt) else ():
+        check_prompt(prompt)
     for mode in modes:  # every input checked before the first image
         for batch in batches:
             pipe.check_inputs([prompt for prompt, _ in batch], seed=[seed for _, seed in batch], mode=mode,

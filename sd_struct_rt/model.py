@@ -1,8 +1,9 @@
-"""Model folders: the embedded ``tiny`` model, hub ids, local folders, and the loader they share.
+"""Model folders: the embedded models, hub ids, local folders, and the loader they share.
 
-``tiny`` is only configs in the package. The first use materialises it into a diffusers-format
-folder in the cache (seeded random weights, the real CLIP vocabulary); from then on it is
-loaded by exactly the code that loads ``runwayml/stable-diffusion-v1-5`` or any local copy.
+An embedded model (``tiny``, ``tiny-sd2``, ``tiny-sdxl``, ``shapes``) is configs in the package,
+plus trained weights for ``shapes``. The first use materialises it into a diffusers-format folder
+in the cache (seeded random weights where none ship, the real CLIP vocabulary); from then on it
+is loaded by exactly the code that loads ``runwayml/stable-diffusion-v1-5`` or any local copy.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from .errors import UserError
 from .files import clear_stale_staging, exclusive_lock, lock_path_for, remove_entry, reporting, staging_path
 from .paths import cache_dir
 
-EMBEDDED_MODELS = ("tiny", "tiny-sd2", "tiny-sdxl")
-# Weights of the embedded model are a pure function of its configs and this seed.
+# ``shapes`` ships its trained weights; the others are configs whose weights are seeded.
+EMBEDDED_MODELS = ("tiny", "tiny-sd2", "tiny-sdxl", "shapes")
+# Seeded weights of an embedded model are a pure function of its configs and this seed.
 MATERIALISE_SEED = 20230222
 # The seed offset of each part's weights; a part keeps its offset for ever, so that the weights
 # of an embedded model do not change when another part is added to the list.
@@ -32,31 +34,38 @@ def embedded_config_root(name: str):
     return resources.files("sd_struct_rt") / "models" / name
 
 
-def _config_files(root, prefix: str = ""):
-    """(relative name, entry) of every config file under ``root`` (a path or package resource)."""
+# Where a part of an embedded model ships trained weights, under the name its library loads.
+SHIPPED_WEIGHTS = {"diffusers": "diffusion_pytorch_model.safetensors", "transformers": "model.safetensors"}
+
+
+def _source_files(root, prefix: str = ""):
+    """(relative name, entry) of every config and shipped weight file under ``root`` (a path or
+    package resource)."""
     for entry in sorted(root.iterdir(), key=lambda entry: entry.name):
         if entry.is_dir():
-            yield from _config_files(entry, f"{prefix}{entry.name}/")
-        elif entry.name.endswith(".json"):
+            yield from _source_files(entry, f"{prefix}{entry.name}/")
+        elif entry.name.endswith((".json", ".safetensors")):
             yield f"{prefix}{entry.name}", entry
 
 
 def _config_digest(root) -> str:
-    """Weights are a pure function of the configs and the seed: this names them in the cache."""
+    """What goes into a materialised model (configs, shipped weights, the seed of the others): this
+    names it in the cache."""
     digest = hashlib.sha256(str(MATERIALISE_SEED).encode())
-    for name, entry in _config_files(root):
+    for name, entry in _source_files(root):
         digest.update(name.encode())
         digest.update(entry.read_bytes())
     return digest.hexdigest()[:12]
 
 
 def materialise(root, destination: Path) -> None:
-    """Write the model whose configs are in ``root`` (a folder laid out like a diffusers model,
-    configs only) with seeded random weights into the new folder ``destination``.
+    """Write the model described in ``root`` (a folder laid out like a diffusers model, without
+    tokenizer vocabularies) into the new folder ``destination``.
 
     Its ``model_index.json`` lists the parts: CLIP tokenizers are written from the real CLIP
     vocabulary (a ``tokenizer_config.json`` in ``root`` overrides settings such as the pad token),
-    schedulers are copied, models get seeded random weights.
+    schedulers are copied, models copy the weights shipped beside their config or else get seeded
+    random weights.
     """
     import diffusers
     import torch
@@ -78,6 +87,10 @@ def materialise(root, destination: Path) -> None:
         elif class_name.endswith("Scheduler"):
             (destination / name).mkdir()
             (destination / name / "scheduler_config.json").write_bytes((source / "scheduler_config.json").read_bytes())
+        elif (source / SHIPPED_WEIGHTS[library]).is_file():
+            (destination / name).mkdir()
+            for file_name in ("config.json", SHIPPED_WEIGHTS[library]):
+                (destination / name / file_name).write_bytes((source / file_name).read_bytes())
         else:
             config = json.loads((source / "config.json").read_text())
             # Each part has its own seed, so that changing one config leaves the others' weights alone.
@@ -159,7 +172,7 @@ def _download_from_hub(model_id: str) -> Path:
 
 
 def resolve_model_folder(model: str) -> Path:
-    """Map ``tiny``, a local folder or a hub id to a local diffusers-format folder."""
+    """Map an embedded model's name, a local folder or a hub id to a local diffusers-format folder."""
     if model in EMBEDDED_MODELS:
         return embedded_model_folder(model)
     path = Path(model).expanduser()
@@ -168,8 +181,8 @@ def resolve_model_folder(model: str) -> Path:
     looks_like_hub_id = model.count("/") == 1 and not model.startswith((".", "/", "~"))
     if looks_like_hub_id:
         return _download_from_hub(model)
-    raise UserError(f"model folder {model} does not exist; use the model 'tiny' or a Stable Diffusion 1.x "
-                    "folder in diffusers format")
+    raise UserError(f"model folder {model} does not exist; use an embedded model "
+                    f"({', '.join(EMBEDDED_MODELS)}) or a Stable Diffusion folder in diffusers format")
 
 
 def model_facts(model: str):
@@ -194,7 +207,7 @@ def load_tokenizer(model: str):
 
 
 def load_model(model: str):
-    """Load ``tiny``, a local model folder or a hub id, in float32 on the CPU."""
+    """Load an embedded model, a local model folder or a hub id, in float32 on the CPU."""
     from .families import family_of_folder
 
     folder = resolve_model_folder(model)

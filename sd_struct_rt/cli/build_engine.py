@@ -26,7 +26,7 @@ def add_to(commands) -> None:
                     "graphs (TensorRT operator support, fusable cross-attention), build engines for one "
                     "backend and record everything in manifest.json.",
         epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="tiny", help="'tiny', an SD 1.x folder or a hub id [default: tiny]")
+    parser.add_argument("--model", default="tiny", help=f"{options.MODELS_HELP} [default: tiny]")
     parser.add_argument("--backend", choices=["auto", *names(builds_engines=True)], default="auto",
                         help="auto: the first of these that runs here: "
                              f"{', '.join(names(builds_engines=True))} [default: auto]")

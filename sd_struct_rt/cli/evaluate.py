@@ -10,7 +10,7 @@ from ..errors import UserError
 from . import options
 
 EXAMPLE = """examples:
-  sdrt eval --model shapes --prompts held-out --seeds 4 --out results.json --sheet sheet.png
+  sdrt eval --model shapes --prompts held-out --seeds 4 --guidance 3 --out results.json --sheet sheet.png
   sdrt eval --model /models/sd15 --prompts-file cc500.txt --seeds 2 --scorer mypackage.judges:Judge --out r.json
   sdrt eval --prompts-file prompts.txt --seeds 2 --sheet sheet.png      # no scorer: grids for people
 
@@ -47,7 +47,8 @@ def add_to(commands) -> None:
                         help=f"{', '.join(BUILT_IN_SCORERS)} or package.module:Name; 'none' writes only the sheet "
                              "[default: shapes for the shapes model, else none]")
     parser.add_argument("--steps", type=options.steps_option(), default=30, help="denoising steps [default: 30]")
-    parser.add_argument("--guidance", type=options.guidance, default=7.5, help="guidance scale [default: 7.5]")
+    parser.add_argument("--guidance", type=options.guidance, default=7.5,
+                        help="guidance scale; the shapes model draws best at 2-3 [default: 7.5]")
     options.add_scheduler_option(parser)
     parser.add_argument("--batch-size", type=options.positive_int("batch-size", 64), default=8,
                         help="prompts per denoising loop [default: 8]")
@@ -87,6 +88,9 @@ def run(args) -> None:
         if path is not None:
             check_writable_folder(path)
     modes = [mode.strip() for mode in args.modes.split(",") if mode.strip()]
+    if not modes or len(set(modes)) != len(modes):
+        raise UserError("--modes takes distinct modes separated by commas, such as plain,values,keys; "
+                        f"not {args.modes!r}")
     model = args.model or ("shapes" if args.engine is None else None)
     scorer_name = args.scorer or ("shapes" if (model or "") == "shapes" or args.prompts else "none")
     scorer = None if scorer_name == "none" else load_scorer(scorer_name)

@@ -27,9 +27,8 @@ def add_to(commands) -> None:
         epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("prompt", nargs="?", help="what to draw (or use --prompts-file)")
     parser.add_argument("--model",
-                        help="'tiny' (embedded, random weights), a diffusers-format SD 1.x folder, "
-                             "or a Hugging Face model id (needs network); with --engine, the model the "
-                             "engines must have been built from [default: tiny]")
+                        help=f"{options.MODELS_HELP}; with --engine, the model the engines must have "
+                             "been built from [default: tiny]")
     parser.add_argument("--negative-prompt", default="", help="what to steer away from [default: none]")
     parser.add_argument("--steps", type=options.steps_option(), default=50, help="denoising steps [default: 50]")
     options.add_scheduler_option(parser)

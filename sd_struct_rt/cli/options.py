@@ -12,6 +12,9 @@ from .. import inputs
 from ..errors import InputError, UserError
 
 EXIT_USER_ERROR = 2
+MODELS_HELP = ("an embedded model (shapes: trained here on coloured shapes; tiny, tiny-sd2, tiny-sdxl: "
+               "random weights), a diffusers-format SD 1.x, 2.x or XL folder, or a Hugging Face model id "
+               "(needs network)")
 PENDING_SIGNALS: list[int] = []  # SIGINT/SIGTERM received during this command
 
 

@@ -1,0 +1,314 @@
+"""Train the ``shapes`` model: Stable Diffusion 1.x's architecture, from scratch, on the coloured-shapes world.
+
+    python train/train_shapes.py --out runs/shapes [--minutes-budget 44] [--seed 0]
+
+Three networks, as in SD 1.x, small enough for a 2-core CPU and a 16 MB folder:
+
+* an ``AutoencoderKL`` with three blocks (scale 4: 64x64 images, 16x16x4 latents), trained
+  first on its own (reconstruction of the posterior mean, kept small by an L2 penalty), then
+  frozen;
+* a ``CLIPTextModel`` (2 layers, width 64) reading the real CLIP BPE tokenizer;
+* a ``UNet2DConditionModel`` with three blocks (size step 16) and cross-attention at 8x8,
+  4x4 and in the middle, trained jointly with the text encoder on pre-encoded latents with
+  SD's epsilon objective and noise schedule (the scheduler config shipped with ``tiny``).
+
+The phases share one wall-clock budget, and each one's learning rate follows its progress,
+the larger of its steps done over ``--*-steps`` and its time used over its share of the
+budget: a slower (shared) machine trains fewer steps but still anneals and finishes in time.
+Data and initialisation are a function of ``--seed``; the step counts reached are in the log.
+
+The folder written to ``--out`` is a diffusers-format SD 1.x folder (fp16 safetensors, loaded
+in float32) and ``training_log.json``: the recipe, the loss curve with wall times, and each
+phase's duration.
+"""
+
+from __future__ import annotations
+
+import os
+
+# The machine is shared: idle OpenMP threads that spin, rather than sleep, stall every
+# parallel op about tenfold whenever another process holds one of the two cores.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import time  # noqa: E402
+from importlib import resources  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel  # noqa: E402
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn  # noqa: E402
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer  # noqa: E402
+
+from sd_struct_rt.shapes import scorer, world  # noqa: E402
+from sd_struct_rt.text import token_ids  # noqa: E402
+from sd_struct_rt.vocab import write_tokenizer_folder  # noqa: E402
+
+VAE_CONFIG = {
+    "in_channels": 3, "out_channels": 3, "latent_channels": 4, "sample_size": world.IMAGE_SIZE,
+    "block_out_channels": [16, 32, 64], "layers_per_block": 1, "norm_num_groups": 8, "act_fn": "silu",
+    "down_block_types": ["DownEncoderBlock2D"] * 3, "up_block_types": ["UpDecoderBlock2D"] * 3,
+    # No attention in the VAE: flat shapes need no global context, and it would cost time.
+    "mid_block_add_attention": False,
+}
+# The tiny model's text encoder: its 49408 x 64 token table (the real CLIP vocabulary) is
+# already 6.3 MB in fp16, most of the 16 MB the folder may take.
+TEXT_CONFIG = json.loads((resources.files("sd_struct_rt") / "models/tiny/text_encoder/config.json").read_text())
+UNET_CONFIG = {
+    "sample_size": 16, "in_channels": 4, "out_channels": 4, "block_out_channels": [32, 64, 64],
+    "layers_per_block": 1, "norm_num_groups": 8, "cross_attention_dim": TEXT_CONFIG["hidden_size"],
+    "attention_head_dim": 4,
+    # Attention at 16x16 (256 tokens) would cost more than the rest of the UNet on a CPU; at
+    # 8x8 a latent pixel covers 8x8 image pixels, finer than the smallest shape (14 px).
+    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+    "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+}
+CAPTION_DROPOUT = 0.1
+MIN_SNR_GAMMA = 5.0
+EMA_DECAY = 0.995
+WARMUP_STEPS = 100
+LOG_EVERY = 25
+# What the end takes after the last UNet step: the EMA copy, the fp16 check, writing the folder.
+SAVE_RESERVE_S = 20.0
+
+
+def tiny_file(name: str) -> bytes:
+    return (resources.files("sd_struct_rt") / "models" / "tiny" / name).read_bytes()
+
+
+class Phase:
+    """Progress of one training phase: steps over its cap or time over its share, whichever is further."""
+
+    def __init__(self, name: str, seconds: float, max_steps: int | None, peak_lr: float):
+        self.name, self.seconds, self.max_steps, self.peak_lr = name, seconds, max_steps, peak_lr
+        self.start, self.step = time.monotonic(), 0
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.start
+
+    @property
+    def progress(self) -> float:
+        by_time = self.elapsed / self.seconds
+        return max(by_time, self.step / self.max_steps) if self.max_steps else by_time
+
+    @property
+    def learning_rate(self) -> float:
+        """Linear warm-up, then a cosine down to a tenth of the peak at the end of the phase."""
+        warmup = min(1.0, (self.step + 1) / WARMUP_STEPS)
+        return self.peak_lr * warmup * (0.1 + 0.45 * (1 + math.cos(math.pi * min(self.progress, 1.0))))
+
+
+class Log:
+    def __init__(self, recipe: dict):
+        self.recipe, self.curve, self.phases, self.notes, self.start = recipe, [], {}, {}, time.monotonic()
+        self._losses: list[float] = []
+
+    def loss(self, phase: Phase, value: float) -> None:
+        self._losses.append(value)
+        if phase.step % LOG_EVERY == 0:
+            entry = {"phase": phase.name, "step": phase.step, "loss": float(np.mean(self._losses)),
+                     "lr": phase.learning_rate, "wall_s": round(time.monotonic() - self.start, 1)}
+            self.curve.append(entry)
+            self._losses = []
+            print(json.dumps(entry), flush=True)
+
+    def end_phase(self, name: str, started: float, **facts) -> None:
+        self._losses = []
+        self.phases[name] = {"seconds": round(time.monotonic() - started, 1), **facts}
+        print(json.dumps({name: self.phases[name]}), flush=True)
+
+    def write(self, path: Path) -> None:
+        path.write_text(json.dumps({"recipe": self.recipe, "phases": self.phases, "notes": self.notes,
+                                    "total_seconds": round(time.monotonic() - self.start, 1),
+                                    "curve": self.curve}, indent=1) + "\n")
+
+
+def generate_data(count: int, seed: int) -> tuple[np.ndarray, list[str]]:
+    rng = np.random.default_rng(seed)
+    scenes = [world.sample_scene(rng, split="train") for _ in range(count)]
+    return np.stack([world.render(scene) for scene in scenes]), [world.caption(scene) for scene in scenes]
+
+
+@torch.no_grad()
+def reconstruction_accuracy(vae: AutoencoderKL, seed: int, count: int = 200) -> float:
+    """Share of fresh scenes that the scorer still reads exactly after the VAE's round trip."""
+    rng = np.random.default_rng([seed, 1])
+    scenes = [world.sample_scene(rng, split="any") for _ in range(count)]
+    images = to_model_range(np.stack([world.render(scene) for scene in scenes]))
+    decoded = vae.decode(vae.encode(images).latent_dist.mean).sample
+    pixels = ((decoded.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    return sum(scorer.score_image(world.caption(scene), image).exact
+               for scene, image in zip(scenes, pixels)) / count
+
+
+def to_model_range(images: np.ndarray) -> torch.Tensor:
+    """uint8 ``[B, H, W, 3]`` -> float ``[B, 3, H, W]`` in ``[-1, 1]``, the range SD's VAE works in."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, value: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = value
+
+
+def train_vae(images: np.ndarray, args, log: Log, generator: torch.Generator) -> AutoencoderKL:
+    """A regularised autoencoder: the posterior mean is decoded, and kept small by an L2 penalty.
+
+    Decoding posterior samples, as SD does, hid the colours for hundreds of steps: the
+    untrained encoder's standard deviation is about 1, so the decoder first learns to paint
+    the average colour (pilot, 2 minutes: 24% of reconstructions read back exactly against
+    97.5% from the mean). The UNet is trained on the means alone.
+    """
+    vae = AutoencoderKL.from_config(VAE_CONFIG)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr)
+    phase = Phase("vae", args.vae_minutes * 60, args.vae_steps, args.vae_lr)
+    while phase.progress < 1:
+        rows = torch.randint(len(images), (args.vae_batch,), generator=generator)
+        batch = to_model_range(images[rows.numpy()])
+        latents = vae.encode(batch).latent_dist.mean
+        loss = F.mse_loss(vae.decode(latents).sample, batch) + args.latent_penalty * latents.pow(2).mean()
+        set_learning_rate(optimizer, phase.learning_rate)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        phase.step += 1
+        log.loss(phase, loss.item())
+    vae.eval().requires_grad_(False)
+    log.end_phase("vae", phase.start, steps=phase.step, batch=args.vae_batch,
+                  reconstruction_exact=reconstruction_accuracy(vae, args.seed))
+    return vae
+
+
+@torch.no_grad()
+def encode_latents(vae: AutoencoderKL, images: np.ndarray, log: Log) -> torch.Tensor:
+    """Every image's latent (posterior mean), scaled to unit variance as SD's ``scaling_factor`` does."""
+    started = time.monotonic()
+    latents = torch.cat([vae.encode(to_model_range(images[first:first + 256])).latent_dist.mean
+                         for first in range(0, len(images), 256)])
+    scaling = float(1 / latents.std())
+    vae.register_to_config(scaling_factor=scaling)
+    log.end_phase("encode", started, images=len(images), scaling_factor=scaling)
+    return latents * scaling
+
+
+def train_unet_and_text_encoder(latents, captions, tokenizer, deadline, args, log, generator):
+    torch.manual_seed(args.seed + 1)
+    text_encoder = CLIPTextModel(CLIPTextConfig(**{k: v for k, v in TEXT_CONFIG.items()
+                                                   if k not in ("architectures", "model_type")}))
+    unet = UNet2DConditionModel.from_config(UNET_CONFIG)
+    networks = torch.nn.ModuleDict({"unet": unet, "text_encoder": text_encoder})
+    ema = AveragedModel(networks, multi_avg_fn=get_ema_multi_avg_fn(EMA_DECAY))
+    optimizer = torch.optim.AdamW(networks.parameters(), lr=args.unet_lr, weight_decay=0.0)
+
+    ids = token_ids(tokenizer, captions)
+    empty = token_ids(tokenizer, [""])[0]
+    alphas_cumprod = noise_schedule().alphas_cumprod
+    snr = alphas_cumprod / (1 - alphas_cumprod)
+    loss_weight = snr.clamp(max=MIN_SNR_GAMMA) / snr  # min-SNR-5: easy, nearly clean steps count less
+    phase = Phase("unet", deadline - time.monotonic(), args.unet_steps, args.unet_lr)
+    while phase.progress < 1:
+        rows = torch.randint(len(latents), (args.unet_batch,), generator=generator)
+        noise = torch.randn(latents[rows].shape, generator=generator)
+        timesteps = torch.randint(len(alphas_cumprod), (args.unet_batch,), generator=generator)
+        signal = alphas_cumprod[timesteps].sqrt()[:, None, None, None]
+        noisy = signal * latents[rows] + (1 - signal ** 2).sqrt() * noise
+        batch_ids = ids[rows].clone()
+        # Empty captions teach the unconditional prediction that classifier-free guidance needs.
+        batch_ids[torch.rand(args.unet_batch, generator=generator) < CAPTION_DROPOUT] = empty
+        states = text_encoder(batch_ids).last_hidden_state
+        prediction = unet(noisy, timesteps, states).sample
+        per_row = F.mse_loss(prediction, noise, reduction="none").mean(dim=(1, 2, 3))
+        loss = (per_row * loss_weight[timesteps]).mean()
+        set_learning_rate(optimizer, phase.learning_rate)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(networks.parameters(), 1.0)
+        optimizer.step()
+        ema.update_parameters(networks)
+        phase.step += 1
+        log.loss(phase, loss.item())
+    log.end_phase("unet", phase.start, steps=phase.step, batch=args.unet_batch)
+    return ema.module["unet"].eval(), ema.module["text_encoder"].eval()
+
+
+def noise_schedule() -> PNDMScheduler:
+    return PNDMScheduler.from_config(json.loads(tiny_file("scheduler/scheduler_config.json")))
+
+
+@torch.no_grad()
+def fp16_rounding_error(unet: UNet2DConditionModel, latents: torch.Tensor, generator: torch.Generator) -> float:
+    """Relative change of the noise prediction when the weights are rounded to fp16, as shipped."""
+    rounded = UNet2DConditionModel.from_config(unet.config)
+    rounded.load_state_dict({name: value.half().float() for name, value in unet.state_dict().items()})
+    sample = latents[:16] + torch.randn(latents[:16].shape, generator=generator)
+    timesteps = torch.randint(1000, (16,), generator=generator)
+    states = torch.randn(16, 77, TEXT_CONFIG["hidden_size"], generator=generator)
+    reference = unet(sample, timesteps, states).sample
+    return float((rounded.eval()(sample, timesteps, states).sample - reference).norm() / reference.norm())
+
+
+def save_folder(out: Path, vae, unet, text_encoder) -> None:
+    """Everything of the SD 1.x folder but the tokenizer, which training already wrote there."""
+    (out / "scheduler").mkdir(parents=True, exist_ok=True)
+    (out / "model_index.json").write_bytes(tiny_file("model_index.json"))
+    (out / "scheduler" / "scheduler_config.json").write_bytes(tiny_file("scheduler/scheduler_config.json"))
+    # diffusers loads fp16 weights into its float32 modules; transformers follows the config's
+    # dtype, so the text encoder's config (written from the float32 module) keeps float32.
+    vae.half().save_pretrained(out / "vae")
+    unet.half().save_pretrained(out / "unet")
+    text_encoder.save_pretrained(out / "text_encoder",
+                                 state_dict={k: v.half() for k, v in text_encoder.state_dict().items()})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="folder to write (must not exist)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--minutes-budget", type=float, default=44.0,
+                        help="wall time for everything, with a minute to spare under 45")
+    parser.add_argument("--vae-minutes", type=float, default=4.5)
+    parser.add_argument("--scenes", type=int, default=20000, help="training images rendered and encoded")
+    parser.add_argument("--vae-steps", type=int, help="stop the VAE here if its time is not up first")
+    parser.add_argument("--unet-steps", type=int, help="stop the UNet here if its time is not up first")
+    parser.add_argument("--vae-batch", type=int, default=16)
+    parser.add_argument("--unet-batch", type=int, default=64)
+    parser.add_argument("--vae-lr", type=float, default=2e-3)
+    parser.add_argument("--unet-lr", type=float, default=1e-3)
+    parser.add_argument("--latent-penalty", type=float, default=1e-5, help="weight of the mean squared latent")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+
+    start = time.monotonic()
+    deadline = start + args.minutes_budget * 60 - SAVE_RESERVE_S
+    args.out.mkdir(parents=True)
+    torch.set_num_threads(args.threads)
+    recipe = {**{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+              "vae_config": VAE_CONFIG, "unet_config": UNET_CONFIG, "text_config": TEXT_CONFIG,
+              "caption_dropout": CAPTION_DROPOUT, "min_snr_gamma": MIN_SNR_GAMMA,
+              "ema_decay": EMA_DECAY, "warmup_steps": WARMUP_STEPS, "held_out_pairs": sorted(world.HELD_OUT_PAIRS)}
+    log = Log(recipe)
+    generator = torch.Generator().manual_seed(args.seed)
+
+    started = time.monotonic()
+    images, captions = generate_data(args.scenes, args.seed)
+    log.end_phase("data", started, scenes=len(images), two_object=sum(" and " in c for c in captions))
+    torch.manual_seed(args.seed)
+    vae = train_vae(images, args, log, generator)
+    latents = encode_latents(vae, images, log)
+    write_tokenizer_folder(args.out / "tokenizer")
+    tokenizer = CLIPTokenizer.from_pretrained(args.out / "tokenizer")
+    unet, text_encoder = train_unet_and_text_encoder(latents, captions, tokenizer, deadline, args, log, generator)
+    log.notes["fp16_rounding_relative_error"] = fp16_rounding_error(unet, latents, generator)
+    started = time.monotonic()
+    save_folder(args.out, vae, unet, text_encoder)
+    log.end_phase("save", started)
+    log.write(args.out / "training_log.json")
+
+
+if __name__ == "__main__":
+    main()
