@@ -84,8 +84,9 @@ def image_psnr(first, second) -> float:
 
 def compare_images(reference, engines, precision: str) -> CheckRow:
     """One whole generation on both pipelines at the profile's smallest call, judged by PSNR."""
-    side = engines.engine_set.manifest.profile.size[0]
-    request = {**IMAGE_CHECK, "width": side, "height": side}
+    manifest = engines.engine_set.manifest
+    side = manifest.profile.size[0]
+    request = {**IMAGE_CHECK, "width": side, "height": side, "mode": manifest.mode}
     expected, got = (pipe(**request).images[0] for pipe in (reference, engines))
     psnr = image_psnr(expected, got)
     floor = FLOAT32_MIN_IMAGE_PSNR if precision == "fp32" else REDUCED_PRECISION_MIN_IMAGE_PSNR

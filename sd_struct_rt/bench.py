@@ -127,8 +127,8 @@ def run_bench(model_ref: str, backend: str, engine: Path | None, settings: Bench
     generator = torch.Generator().manual_seed(0)
     # Engines first: a damaged or mismatched set is refused before any model loads.
     if backend != "torch":
-        pipe = StructuredDiffusionPipeline.from_engines(
-            engine or cached_engine_set(model_ref, backend, "values", building))
+        pipe = (StructuredDiffusionPipeline.from_engines(engine, model=model_ref) if engine is not None else
+                StructuredDiffusionPipeline.from_engines(cached_engine_set(model_ref, backend, "values", building)))
         keys_pipe = (StructuredDiffusionPipeline.from_engines(cached_engine_set(model_ref, backend, "keys", building))
                      if engine is None else None)
     reference = StructuredDiffusionPipeline.from_pretrained(model_ref)

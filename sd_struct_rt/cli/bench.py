@@ -25,7 +25,7 @@ def add_to(commands) -> None:
                     "structured vs keys vs the official per-level loop, backend vs torch) with warm-up "
                     "and interleaved rounds.",
         epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="tiny", help="model to measure [default: tiny]")
+    parser.add_argument("--model", help="model to measure [default: tiny, or the one --engine was built from]")
     parser.add_argument("--backend", choices=["auto", *names()], default="auto",
                         help="auto: the best engine backend here; engines are built into the cache on "
                              "first use unless --engine is given [default: auto]")
@@ -55,11 +55,13 @@ def run(args) -> None:
     if args.engine is not None:
         from ..manifest import read_manifest
 
-        backend = read_manifest(args.engine).backend  # a damaged set is refused here, before any model loads
+        manifest = read_manifest(args.engine)  # a damaged set is refused here, before any model loads
+        backend, model = manifest.backend, args.model or manifest.model_id
         if args.backend not in ("auto", backend):
             raise UserError(f"{args.engine} holds {backend} engines, not {args.backend}; drop --backend")
     else:
         backend = best_engine_backend()[0] if args.backend == "auto" else args.backend
+        model = args.model or "tiny"
 
     def building(backend: str, mode: str):
         options.announce(f"building {backend} engines ({mode} mode) for bench into the cache; only the first "
@@ -67,7 +69,7 @@ def run(args) -> None:
         return options.StageBar(args, f"engines ({mode})", planned_stages(engine_backend(backend)))
 
     settings = BenchSettings(levels=args.levels, steps=args.steps, rounds=args.rounds, scheduler=args.scheduler)
-    result = run_bench(args.model, backend, args.engine, settings, SpacyParser(), building)
+    result = run_bench(model, backend, args.engine, settings, SpacyParser(), building)
     if args.out is not None:
         write_bytes_atomically(args.out, (json.dumps(result, indent=2) + "\n").encode(), "benchmark results")
     if args.json:
