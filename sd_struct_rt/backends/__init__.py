@@ -86,6 +86,9 @@ class EngineBackend(Protocol):
     def unavailable_reason(self) -> str | None:
         """None when the backend can run here, else the one line that says how to get it."""
 
+    def runs_on_gpu(self) -> bool:
+        """Whether its engines would run on a GPU here (asked only when it is available)."""
+
     def version(self) -> str: ...
 
     def device_description(self) -> dict[str, str]:
@@ -111,14 +114,15 @@ class BackendEntry:
         return importlib.import_module(self.module).BACKEND
 
 
-# Engine backends in the order ``auto`` prefers them.
+# Engine backends in the order ``auto`` prefers them, on a GPU and then on the CPU: OpenVINO
+# before ONNX Runtime, as it was faster at SD 1.5 size (benchmarks/results/real_size_cpu.json).
 REGISTRY = (
     BackendEntry("tensorrt", "sd_struct_rt.backends.tensorrt_backend",
                  "TensorRT 10 engines on an NVIDIA GPU, built through Polygraphy"),
-    BackendEntry("onnxruntime", "sd_struct_rt.backends.onnxruntime_backend",
-                 "ONNX Runtime on the CPU, or on CUDA with onnxruntime-gpu"),
     BackendEntry("openvino", "sd_struct_rt.backends.openvino_backend",
                  "OpenVINO on the CPU, fp32 or bf16 (AVX512-BF16/AMX CPUs)"),
+    BackendEntry("onnxruntime", "sd_struct_rt.backends.onnxruntime_backend",
+                 "ONNX Runtime on the CPU, or on CUDA with onnxruntime-gpu"),
     BackendEntry("torch", "sd_struct_rt.backends.torch_backend",
                  "the torch reference, run from the model folder (CPU, or CUDA in fp32/fp16)", builds_engines=False),
 )
@@ -144,17 +148,22 @@ def engine_backend(name: str) -> EngineBackend:
 
 
 def best_engine_backend() -> tuple[str, list[str]]:
-    """The first engine backend that runs here, and the preferred ones passed over."""
-    passed_over, reasons = [], []
+    """The engine backend ``auto`` takes here: the first available one in ``REGISTRY`` order that
+    runs on a GPU, else the first available one; and the backends preferred to it that do not run
+    here."""
+    available, unavailable, reasons = [], [], []
     for candidate in REGISTRY:
         if not candidate.builds_engines:
             continue
-        reason = candidate.load().unavailable_reason()
-        if reason is None:
-            return candidate.name, passed_over
-        passed_over.append(candidate.name)
-        reasons.append(reason)
-    raise UserError("no engine backend runs here: " + "; ".join(reasons))
+        backend = candidate.load()
+        reason = backend.unavailable_reason()
+        (available if reason is None else unavailable).append((candidate.name, backend))
+        reasons += [reason] if reason else []
+    if not available:
+        raise UserError("no engine backend runs here: " + "; ".join(reasons))
+    chosen = next((name for name, backend in available if backend.runs_on_gpu()), available[0][0])
+    order = [entry.name for entry in REGISTRY]
+    return chosen, [name for name, _ in unavailable if order.index(name) < order.index(chosen)]
 
 
 def require_available(backend: Any) -> None:

@@ -26,6 +26,11 @@ _DTYPES = {"tensor(float)": (torch.float32, np.float32), "tensor(float16)": (tor
            "tensor(int64)": (torch.int64, np.int64), "tensor(int32)": (torch.int32, np.int32)}
 
 
+def cuda_usable(ort) -> bool:
+    """ONNX Runtime has its CUDA provider (the onnxruntime-gpu wheel) and a CUDA device exists."""
+    return "CUDAExecutionProvider" in ort.get_available_providers() and torch.cuda.is_available()
+
+
 def require_onnxruntime():
     """The onnxruntime module, or one UserError line saying how to install it."""
     try:
@@ -66,7 +71,7 @@ class OrtNetwork:
         graph = Path(graph)
         if not graph.is_file():
             raise UserError(f"ONNX graph {graph} does not exist; export it first")
-        has_cuda = "CUDAExecutionProvider" in ort.get_available_providers() and torch.cuda.is_available()
+        has_cuda = cuda_usable(ort)
         if device == "cuda" and not has_cuda:
             raise UserError("ONNX Runtime cannot use CUDA here (no CUDAExecutionProvider or no CUDA device); "
                             "pip uninstall onnxruntime && pip install 'sd-struct-rt[gpu]', or use the cpu device")
@@ -124,6 +129,9 @@ class OnnxRuntimeBackend:
 
     def unavailable_reason(self) -> str | None:
         return None if importlib.util.find_spec("onnxruntime") else f"ONNX Runtime is not installed; {INSTALL_HINT}"
+
+    def runs_on_gpu(self) -> bool:
+        return cuda_usable(require_onnxruntime())
 
     def version(self) -> str:
         return require_onnxruntime().__version__

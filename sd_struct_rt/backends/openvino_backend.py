@@ -85,6 +85,9 @@ class OpenVINOBackend:
     def unavailable_reason(self) -> str | None:
         return None if importlib.util.find_spec("openvino") else f"OpenVINO is not installed; {INSTALL_HINT}"
 
+    def runs_on_gpu(self) -> bool:
+        return False
+
     def version(self) -> str:
         return require_openvino().__version__
 

@@ -156,6 +156,9 @@ class TensorRTBackend:
             return "TensorRT needs an NVIDIA GPU with CUDA, and torch sees none"
         return None
 
+    def runs_on_gpu(self) -> bool:
+        return True
+
     def version(self) -> str:
         return require_tensorrt().__version__
 
