@@ -15,6 +15,7 @@ level inputs that ``StructuredUNet`` prepares once per call and passes as
 from __future__ import annotations
 
 import contextlib
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -37,22 +38,32 @@ def _merge_heads(x: torch.Tensor) -> torch.Tensor:
 
 class AttentionRecorder:
     """Where each text position looks: the conditional rows' cross-attention probabilities,
-    averaged over heads, key levels, layers and steps, on the latent grid ``[B, T, h, w]``."""
+    averaged over heads, key levels, steps and layers, on the latent grid ``[B, T, h, w]``.
 
-    def __init__(self, latent_height: int, latent_width: int):
+    ``downsampling``, when given, keeps only the layers whose grid is the latent grid shrunk by
+    one of these factors: a coarse grid (4x4 cells of 16 pixels on the shapes model) is larger
+    than the objects it would locate, and averaging it in blurs the finer layers' maps.
+    """
+
+    def __init__(self, latent_height: int, latent_width: int, downsampling: Sequence[int] | None = None):
         self.height, self.width = latent_height, latent_width
+        self.downsampling = None if downsampling is None else frozenset(downsampling)
         self.total: torch.Tensor | None = None
         self.layers = 0
+        self.recorded: set[int] = set()  # the downsampling of every layer that was averaged in
 
     def add(self, probabilities: torch.Tensor) -> None:
         """``probabilities [N, Q, T]`` of one layer (heads and levels averaged), N = 2 x prompts."""
         conditional = probabilities[probabilities.shape[0] // 2:].float()
         prompts, queries, tokens = conditional.shape
         factor = round((self.height * self.width / queries) ** 0.5)  # the layer's downsampling
+        if self.downsampling is not None and factor not in self.downsampling:
+            return
         grid = conditional.transpose(1, 2).reshape(prompts, tokens, self.height // factor, self.width // factor)
         grid = F.interpolate(grid, size=(self.height, self.width), mode="bilinear", align_corners=False)
         self.total = grid if self.total is None else self.total + grid
         self.layers += 1
+        self.recorded.add(factor)
 
     def maps(self) -> torch.Tensor:
         return self.total / self.layers
@@ -142,6 +153,23 @@ class StructuredUNet(nn.Module):
         self.unet = unet
         self.mode = mode
         self.added = added  # names of the UNet's added conditions, which follow level_mask (SDXL's)
+
+    def cross_attention_downsampling(self) -> tuple[int, ...]:
+        """How much smaller than the latent grid each cross-attention layer's grid is, e.g. (1, 2, 4, 8)
+        for SD 1.x: down block ``i`` works at ``2**i``, the mid block at the deepest, up blocks mirror."""
+        depth = len(self.unet.down_blocks)
+        factors = set()
+        for name, _ in self.unet.named_modules():
+            if not name.endswith("attn2"):
+                continue
+            block, index = name.split(".")[:2]
+            if block == "down_blocks":
+                factors.add(2 ** int(index))
+            elif block == "up_blocks":
+                factors.add(2 ** (depth - 1 - int(index)))
+            else:  # the mid block, at the deepest level
+                factors.add(2 ** (depth - 1))
+        return tuple(sorted(factors))
 
     @contextlib.contextmanager
     def recording(self, recorder: AttentionRecorder):

@@ -1,8 +1,9 @@
 """Cross-attention heatmaps, per token and per phrase, as overlays on the generated image.
 
 A map is where a text position's cross-attention went: ``AttentionRecorder`` averages the
-conditional rows' probabilities over heads, key levels, every cross-attention layer (each
-resampled to the latent grid) and every step. A phrase's map is the mean of its tokens' maps.
+conditional rows' probabilities over heads, key levels, the cross-attention layers asked for
+(all by default; each resampled to the latent grid) and every step. A phrase's map is the mean
+of its tokens' maps.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import io
 import json
 import re
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -53,8 +55,10 @@ def named_maps(maps: torch.Tensor, prompt: StructuredPrompt, tokenizer) -> dict[
     return named
 
 
-def write_attention_maps(folder: Path, stem: str, image: Image.Image, maps: dict[str, np.ndarray]) -> list[Path]:
-    """One PNG overlay per map and ``<stem>-attention.json`` (names, files, centroids) in ``folder``."""
+def write_attention_maps(folder: Path, stem: str, image: Image.Image, maps: dict[str, np.ndarray],
+                         downsampling: Sequence[int]) -> list[Path]:
+    """One PNG overlay per map and ``<stem>-attention.json`` in ``folder``: the cross-attention
+    layers averaged (by ``downsampling``) and each map's file and heat centroid."""
     with reporting("create the attention-map folder", folder):
         folder.mkdir(parents=True, exist_ok=True)
     written, index = [], {}
@@ -67,5 +71,6 @@ def write_attention_maps(folder: Path, stem: str, image: Image.Image, maps: dict
         index[name] = {"file": path.name, "centroid_xy": heat_centroid(heat, image.size)}
         written.append(path)
     listing = folder / f"{stem}-attention.json"
-    write_bytes_atomically(listing, (json.dumps(index, indent=1) + "\n").encode(), "attention-map index")
+    contents = {"cross_attention_downsampling": list(downsampling), "maps": index}
+    write_bytes_atomically(listing, (json.dumps(contents, indent=1) + "\n").encode(), "attention-map index")
     return [*written, listing]

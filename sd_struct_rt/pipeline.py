@@ -55,6 +55,7 @@ class PipelineOutput:
     metadata: list[dict[str, str]]
     # with attention_maps=True: per image, named heatmaps (``attention_maps.named_maps``)
     attention: list[dict[str, Any]] | None = None
+    attention_downsampling: tuple[int, ...] | None = None  # the cross-attention layers the maps average
 
     def save(self, index: int, path: str | Path) -> Path:
         """Write image ``index`` as a PNG with its metadata; the file appears only when complete."""
@@ -183,6 +184,7 @@ class StructuredDiffusionPipeline:
                  mode: str = "values", parser: str | Parser | None = None, phrases: Sequence[str] | None = None,
                  trees: Sequence[str] | None = None, max_levels: int = DEFAULT_MAX_LEVELS,
                  scheduler: str | None = None, attention_maps: bool = False,
+                 attention_downsampling: Sequence[int] | None = None,
                  progress: Progress | None = None) -> PipelineOutput:
         """Generate one image per prompt; a list of prompts is one batch, one denoising loop.
 
@@ -197,7 +199,9 @@ class StructuredDiffusionPipeline:
         are dropped with a warning. ``scheduler``: one of ``schedulers.SCHEDULERS`` (``pndm``,
         ``ddim``, ``euler``, ``euler-a``, ``dpm++2m``, ``dpm++2m-karras``, ``unipc``, ``lms``),
         by default the model folder's own. ``attention_maps`` (torch reference only) also returns,
-        per image, where each token and phrase looked (``PipelineOutput.attention``).
+        per image, where each token and phrase looked (``PipelineOutput.attention``), averaged over
+        every cross-attention layer, or with ``attention_downsampling`` only over the layers whose
+        grid is the latent grid shrunk by one of those factors (``cross_attention_downsampling``).
         ``progress(done, total)`` is called after each denoising step the caller asked for.
         """
         # 1. check every input before any compute
@@ -206,7 +210,9 @@ class StructuredDiffusionPipeline:
                                     height=height, mode=mode, parser=parser, phrases=phrases, trees=trees,
                                     max_levels=max_levels, scheduler=scheduler)
         if attention_maps:
-            self.recording_unet(request.mode)  # refuses engines before any compute
+            downsampling = self.check_attention_downsampling(request.mode, attention_downsampling)
+        elif attention_downsampling is not None:
+            raise InputError("attention_downsampling goes with attention_maps=True")
         # 2. structure: prompt -> noun-phrase token spans
         structured = self.structure(request)
         # 3. conditioning: keys, stacked levels, level mask
@@ -219,13 +225,27 @@ class StructuredDiffusionPipeline:
             latents = self.denoise(conditioning, latents, request, progress, generators)
             # 6. decode
             return self.output(request, structured, self.decode(latents))
-        recorder = AttentionRecorder(*latents.shape[2:])
+        recorder = AttentionRecorder(*latents.shape[2:], downsampling)
         with self.recording_unet(request.mode).recording(recorder):
             latents = self.denoise(conditioning, latents, request, progress, generators)
         output = self.output(request, structured, self.decode(latents))
         output.attention = [named_maps(maps, prompt, self.tokenizer)
                             for maps, prompt in zip(recorder.maps(), structured)]
+        output.attention_downsampling = tuple(sorted(recorder.recorded))
         return output
+
+    def check_attention_downsampling(self, mode: str, downsampling: Sequence[int] | None,
+                                     name: str = "attention_downsampling") -> tuple[int, ...]:
+        """The cross-attention layers attention maps average, by downsampling; all of them for ``None``.
+        ``name`` is what the refusal calls the argument."""
+        available = self.recording_unet(mode).cross_attention_downsampling()  # refuses engines first
+        if downsampling is None:
+            return available
+        chosen = (downsampling,) if isinstance(downsampling, int) else tuple(downsampling)
+        if not chosen or any(isinstance(factor, bool) or factor not in available for factor in chosen):
+            raise InputError(f"{name} must be among {', '.join(map(str, available))} (this "
+                             f"model's cross-attention layers), not {', '.join(map(str, chosen)) or 'nothing'}")
+        return chosen
 
     def recording_unet(self, mode: str) -> StructuredUNet:
         """The torch UNet that records attention; engines do not expose theirs."""

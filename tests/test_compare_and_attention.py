@@ -66,9 +66,65 @@ def test_the_cli_writes_overlays_and_an_index(tmp_path, capsys):
     assert run_sdrt(capsys, "generate", PROMPT, "--steps", "2", "--width", "64", "--height", "64", "--quiet",
                     "--out", str(tmp_path / "car.png"), "--attention-maps", str(maps))[0] == 0
     index = json.loads((maps / "car-attention.json").read_text())
-    assert "phrase a red car" in index and "token 6 sheep" in index
-    assert all((maps / entry["file"]).is_file() for entry in index.values())
-    assert all(0 <= entry["centroid_xy"][0] <= 64 for entry in index.values())
+    assert index["cross_attention_downsampling"] == [1, 2, 4, 8]
+    assert "phrase a red car" in index["maps"] and "token 6 sheep" in index["maps"]
+    assert all((maps / entry["file"]).is_file() for entry in index["maps"].values())
+    assert all(0 <= entry["centroid_xy"][0] <= 64 for entry in index["maps"].values())
+
+    assert run_sdrt(capsys, "generate", PROMPT, "--steps", "2", "--width", "64", "--height", "64", "--quiet",
+                    "--out", str(tmp_path / "fine.png"), "--attention-maps", str(maps),
+                    "--attention-downsampling", "1,2")[0] == 0
+    fine = json.loads((maps / "fine-attention.json").read_text())
+    assert fine["cross_attention_downsampling"] == [1, 2]
+    assert fine["maps"]["token 2 car"]["centroid_xy"] != index["maps"]["token 2 car"]["centroid_xy"]
+
+
+def test_a_layer_choice_the_model_lacks_is_one_line(pipe, tmp_path, capsys):
+    with pytest.raises(InputError, match="attention_downsampling must be among 1, 2, 4, 8"):
+        pipe(PROMPT, attention_maps=True, attention_downsampling=[3], **FAST)
+    with pytest.raises(InputError, match="goes with attention_maps=True"):
+        pipe(PROMPT, attention_downsampling=[2], **FAST)
+    base = ("generate", PROMPT, "--out", str(tmp_path / "x.png"))
+    one_error_line(*run_sdrt(capsys, *base, "--attention-maps", str(tmp_path / "maps"), "--attention-downsampling",
+                             "16"), "--attention-downsampling must be among 1, 2, 4, 8")
+    one_error_line(*run_sdrt(capsys, *base, "--attention-downsampling", "2"), "goes with --attention-maps")
+    one_error_line(*run_sdrt(capsys, *base, "--attention-maps", str(tmp_path / "maps"), "--attention-downsampling",
+                             "two"), "whole numbers separated by commas")
+    assert not list(tmp_path.iterdir())
+
+
+def test_the_recorder_averages_only_the_layers_asked_for(pipe):
+    """Each layer's probabilities sum to 1 over text positions, so a subset's average does too;
+    the subset's maps are those layers' alone, not all layers' maps relabelled."""
+    from sd_struct_rt.attention import AttentionRecorder
+
+    request = pipe.check_inputs(PROMPT, **FAST)
+    conditioning = pipe.condition(pipe.structure(request), request)
+    recorders = {layers: AttentionRecorder(8, 8, layers) for layers in (None, (1,), (8,))}
+    for recorder in recorders.values():
+        with pipe.recording_unet("values").recording(recorder):
+            pipe.denoise(conditioning, pipe.initial_latents(request), request)
+    assert recorders[None].recorded == {1, 2, 4, 8}
+    assert recorders[(1,)].recorded == {1} and recorders[(8,)].recorded == {8}
+    assert recorders[None].layers > recorders[(1,)].layers > 0
+    for recorder in recorders.values():
+        assert np.allclose(recorder.maps()[0].sum(dim=0).numpy(), 1.0, atol=1e-4)
+    coarse = recorders[(8,)].maps()[0]  # one 1x1 grid per layer: every position of a map is equal
+    assert np.allclose(coarse, coarse[:, :1, :1])
+    assert not np.allclose(recorders[(1,)].maps(), recorders[None].maps())
+
+
+def test_cross_attention_grids_follow_the_blocks():
+    """SD 1.x's layout: cross-attention in down blocks 0-2, the mid block and up blocks 1-3."""
+    from diffusers import UNet2DConditionModel
+
+    from sd_struct_rt.attention import StructuredUNet
+
+    assert StructuredDiffusionPipeline.from_pretrained("shapes", device="cpu").recording_unet(
+        "values").cross_attention_downsampling() == (2, 4)
+    unet = UNet2DConditionModel(block_out_channels=(8, 8, 8, 8), norm_num_groups=4, cross_attention_dim=8,
+                                attention_head_dim=2, layers_per_block=1, sample_size=8)
+    assert StructuredUNet(unet).cross_attention_downsampling() == (1, 2, 4, 8)
 
 
 def test_engines_cannot_give_attention_maps(tiny_engines, tmp_path, capsys):

@@ -43,15 +43,18 @@ def test_single_objects_come_out_with_their_colour_and_shape(shapes_pipe):
 
 
 def test_shape_words_look_at_their_shapes(shapes_pipe):
-    """Floor: well above chance. The full measurement (benchmarks/results/shapes_attention_centring.json,
-    168 images, 8 seeds) centres 52% (45-60%) of judged objects against 23% for a guess at the image
-    centre; seeds 0 and 1 place every object off-centre, where that guess never lands and these
-    42 images centre 45%. A map blind to the image would be centred about as often as the guess."""
+    """"Most images", read with 95% confidence: the lower Wilson bound of the centred rate is
+    above one half, and the rate beats a guess at the image centre by 0.3 (seeds 0 and 1 place
+    every object off-centre, so that guess scores 0 here). The floor comes from the claim, not
+    from the data. The full measurement (benchmarks/results/shapes_attention_centring.json)
+    centres 99% of judged objects on the finest cross-attention layers, on seeds 0-7 and on
+    seeds 8-15 alike, and 41-52% when the 4x4 bottleneck layers are averaged in; a map blind
+    to the image would be centred about as often as the centre guess."""
     from sd_struct_rt.shapes import world
     from sd_struct_rt.shapes.centring import centring_summary, measure_centring
 
     summary = centring_summary(measure_centring(shapes_pipe, world.single_object_prompts(), [0, 1],
                                                 num_inference_steps=30, guidance_scale=3.0))
     assert summary["judged"] >= 30
-    assert summary["centred_rate"] >= 0.35, summary
+    assert summary["ci95"][0] > 0.5, summary
     assert summary["centred_rate"] > summary["centre_guess_rate"] + 0.3, summary

@@ -59,6 +59,11 @@ def add_to(commands) -> None:
     parser.add_argument("--attention-maps", type=Path, metavar="DIR",
                         help="also write where each token and phrase looked (cross-attention over all steps and "
                              "layers) as heatmaps on the image, with an index JSON; torch reference only")
+    parser.add_argument("--attention-downsampling", type=options.int_list("attention-downsampling"),
+                        metavar="F[,F]",
+                        help="with --attention-maps: average only the cross-attention layers whose grid is the "
+                             "latent grid shrunk F times (SD 1.x has 1,2,4,8; the shapes model 2,4). Coarse "
+                             "grids blur small objects' maps [default: every layer]")
     options.add_structure_options(parser, with_plain=True)
     options.add_progress_options(parser)
     parser.set_defaults(run=run)
@@ -182,8 +187,10 @@ def _generate(args, targets: list[tuple[str, int, Path]], parser) -> None:
     # Every batch (the last may be smaller) is checked before the first image is made.
     for batch in batches:
         pipe.check_inputs(prompts[batch], seed=seeds[batch], **common)
-    if args.attention_maps is not None:
-        pipe.recording_unet(args.mode)  # engines cannot give them: say so before any work
+    if args.attention_maps is not None:  # engines cannot give them: say so before any work
+        pipe.check_attention_downsampling(args.mode, args.attention_downsampling, "--attention-downsampling")
+    elif args.attention_downsampling is not None:
+        raise UserError("--attention-downsampling goes with --attention-maps DIR")
     if args.prompts_file is not None:
         # CLIP would truncate these silently; in a file of prompts that is almost always a mistake.
         limit = content_tokens(pipe.tokenizer)
@@ -197,11 +204,13 @@ def _generate(args, targets: list[tuple[str, int, Path]], parser) -> None:
         bar = options.ProgressBar(args, "denoising" if len(batches) == 1 else f"batch {number}/{len(batches)}")
         try:
             result = pipe(structured[batch], seed=seeds[batch], progress=bar,
-                          attention_maps=args.attention_maps is not None, **common)
+                          attention_maps=args.attention_maps is not None,
+                          attention_downsampling=args.attention_downsampling, **common)
         finally:
             bar.close()
         for index, out in enumerate(outs[batch]):
             result.save(index, out)
             if args.attention_maps is not None:
-                write_attention_maps(args.attention_maps, out.stem, result.images[index], result.attention[index])
+                write_attention_maps(args.attention_maps, out.stem, result.images[index], result.attention[index],
+                                     result.attention_downsampling)
     print(f"wrote {outs[0] if len(outs) == 1 else f'{len(outs)} images in {args.out_dir}'}")

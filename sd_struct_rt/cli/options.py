@@ -85,6 +85,16 @@ def png_path(text: str) -> Path:
     return path
 
 
+def int_list(name: str):
+    def parse(text: str) -> tuple[int, ...]:
+        try:
+            return tuple(int(part) for part in text.split(","))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be whole numbers separated by commas, "
+                                             f"not {text!r}") from None
+    return parse
+
+
 def int_range(name: str):
     def parse(text: str) -> tuple[int, int]:
         low, sep, high = text.partition(":")
