@@ -56,16 +56,28 @@ class AttentionRecorder:
         """``probabilities [N, Q, T]`` of one layer (heads and levels averaged), N = 2 x prompts."""
         conditional = probabilities[probabilities.shape[0] // 2:].float()
         prompts, queries, tokens = conditional.shape
-        factor = round((self.height * self.width / queries) ** 0.5)  # the layer's downsampling
+        factor, height, width = self._grid(queries)
         if self.downsampling is not None and factor not in self.downsampling:
             return
-        grid = conditional.transpose(1, 2).reshape(prompts, tokens, self.height // factor, self.width // factor)
+        grid = conditional.transpose(1, 2).reshape(prompts, tokens, height, width)
         grid = F.interpolate(grid, size=(self.height, self.width), mode="bilinear", align_corners=False)
         self.total = grid if self.total is None else self.total + grid
         self.layers += 1
         self.recorded.add(factor)
 
+    def _grid(self, queries: int) -> tuple[int, int, int]:
+        """The layer's downsampling and grid: each stride-2 step rounds an odd side up, so a
+        latent side of 18 gives grids of 9 and then 5, not 4.5."""
+        factor, height, width = 1, self.height, self.width
+        while height * width > queries:
+            factor, height, width = 2 * factor, -(-height // 2), -(-width // 2)
+        if height * width != queries:
+            raise ValueError(f"{queries} queries are no grid of the {self.height}x{self.width} latent")
+        return factor, height, width
+
     def maps(self) -> torch.Tensor:
+        if not self.layers:
+            raise ValueError(f"no cross-attention layer at downsampling {sorted(self.downsampling or ())} ran")
         return self.total / self.layers
 
 

@@ -56,9 +56,9 @@ def named_maps(maps: torch.Tensor, prompt: StructuredPrompt, tokenizer) -> dict[
 
 
 def write_attention_maps(folder: Path, stem: str, image: Image.Image, maps: dict[str, np.ndarray],
-                         downsampling: Sequence[int]) -> list[Path]:
+                         downsampling: Sequence[int] | None = None) -> list[Path]:
     """One PNG overlay per map and ``<stem>-attention.json`` in ``folder``: the cross-attention
-    layers averaged (by ``downsampling``) and each map's file and heat centroid."""
+    layers averaged (by ``downsampling``; null when unknown) and each map's file and heat centroid."""
     with reporting("create the attention-map folder", folder):
         folder.mkdir(parents=True, exist_ok=True)
     written, index = [], {}
@@ -71,6 +71,6 @@ def write_attention_maps(folder: Path, stem: str, image: Image.Image, maps: dict
         index[name] = {"file": path.name, "centroid_xy": heat_centroid(heat, image.size)}
         written.append(path)
     listing = folder / f"{stem}-attention.json"
-    contents = {"cross_attention_downsampling": list(downsampling), "maps": index}
+    contents = {"cross_attention_downsampling": None if downsampling is None else list(downsampling), "maps": index}
     write_bytes_atomically(listing, (json.dumps(contents, indent=1) + "\n").encode(), "attention-map index")
     return [*written, listing]

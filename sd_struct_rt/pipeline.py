@@ -19,6 +19,7 @@ can time them: 1. check every input, engine profile included, before any compute
 from __future__ import annotations
 
 import json
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -225,7 +226,8 @@ class StructuredDiffusionPipeline:
             latents = self.denoise(conditioning, latents, request, progress, generators)
             # 6. decode
             return self.output(request, structured, self.decode(latents))
-        recorder = AttentionRecorder(*latents.shape[2:], downsampling)
+        chosen_layers = None if attention_downsampling is None else downsampling
+        recorder = AttentionRecorder(*latents.shape[2:], chosen_layers)
         with self.recording_unet(request.mode).recording(recorder):
             latents = self.denoise(conditioning, latents, request, progress, generators)
         output = self.output(request, structured, self.decode(latents))
@@ -241,11 +243,16 @@ class StructuredDiffusionPipeline:
         available = self.recording_unet(mode).cross_attention_downsampling()  # refuses engines first
         if downsampling is None:
             return available
-        chosen = (downsampling,) if isinstance(downsampling, int) else tuple(downsampling)
-        if not chosen or any(isinstance(factor, bool) or factor not in available for factor in chosen):
-            raise InputError(f"{name} must be among {', '.join(map(str, available))} (this "
-                             f"model's cross-attention layers), not {', '.join(map(str, chosen)) or 'nothing'}")
-        return chosen
+        if isinstance(downsampling, numbers.Integral) or not isinstance(downsampling, Sequence) or isinstance(
+                downsampling, str):
+            chosen = (downsampling,)
+        else:
+            chosen = tuple(downsampling)
+        if not chosen or any(not isinstance(factor, numbers.Integral) or isinstance(factor, bool)
+                             or factor not in available for factor in chosen):
+            raise InputError(f"{name} must be among {', '.join(map(str, available))} (this model's "
+                             f"cross-attention layers), not {', '.join(map(repr, chosen)) or 'nothing'}")
+        return tuple(int(factor) for factor in chosen)
 
     def recording_unet(self, mode: str) -> StructuredUNet:
         """The torch UNet that records attention; engines do not expose theirs."""

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from sd_struct_rt import InputError, StructuredDiffusionPipeline
+from sd_struct_rt.attention import AttentionRecorder
 from sd_struct_rt.attention_maps import heat_centroid
 from sd_struct_rt.image import read_png_metadata
 
@@ -51,8 +52,6 @@ def test_recording_attention_leaves_the_image_as_it_was(pipe):
 def test_maps_are_probabilities(pipe, mode):
     """Over every text position a query's attention sums to 1, so the maps of all 77 positions
     sum to 1 everywhere; the recorder keeps that through heads, levels, layers and steps."""
-    from sd_struct_rt.attention import AttentionRecorder
-
     request = pipe.check_inputs(PROMPT, mode=mode, **FAST)
     conditioning = pipe.condition(pipe.structure(request), request)
     recorder = AttentionRecorder(8, 8)
@@ -80,8 +79,9 @@ def test_the_cli_writes_overlays_and_an_index(tmp_path, capsys):
 
 
 def test_a_layer_choice_the_model_lacks_is_one_line(pipe, tmp_path, capsys):
-    with pytest.raises(InputError, match="attention_downsampling must be among 1, 2, 4, 8"):
-        pipe(PROMPT, attention_maps=True, attention_downsampling=[3], **FAST)
+    for bad in ([3], 2.0, [2.0], "2", [True], []):
+        with pytest.raises(InputError, match="attention_downsampling must be among 1, 2, 4, 8"):
+            pipe(PROMPT, attention_maps=True, attention_downsampling=bad, **FAST)
     with pytest.raises(InputError, match="goes with attention_maps=True"):
         pipe(PROMPT, attention_downsampling=[2], **FAST)
     base = ("generate", PROMPT, "--out", str(tmp_path / "x.png"))
@@ -96,8 +96,6 @@ def test_a_layer_choice_the_model_lacks_is_one_line(pipe, tmp_path, capsys):
 def test_the_recorder_averages_only_the_layers_asked_for(pipe):
     """Each layer's probabilities sum to 1 over text positions, so a subset's average does too;
     the subset's maps are those layers' alone, not all layers' maps relabelled."""
-    from sd_struct_rt.attention import AttentionRecorder
-
     request = pipe.check_inputs(PROMPT, **FAST)
     conditioning = pipe.condition(pipe.structure(request), request)
     recorders = {layers: AttentionRecorder(8, 8, layers) for layers in (None, (1,), (8,))}
@@ -112,6 +110,22 @@ def test_the_recorder_averages_only_the_layers_asked_for(pipe):
     coarse = recorders[(8,)].maps()[0]  # one 1x1 grid per layer: every position of a map is equal
     assert np.allclose(coarse, coarse[:, :1, :1])
     assert not np.allclose(recorders[(1,)].maps(), recorders[None].maps())
+
+
+@pytest.mark.parametrize("model, side", [("tiny", 64), ("tiny", 224), ("tiny-sdxl", 64), ("shapes", 64),
+                                         ("shapes", 72)])
+def test_every_layer_is_recorded_at_any_image_size(model, side):
+    """Stride-2 steps round odd sides up (a latent side of 18 gives grids 9 and 5), so every
+    cross-attention layer the model has must be recognised and averaged, at native and odd sizes."""
+    pipe = StructuredDiffusionPipeline.from_pretrained(model, device="cpu")
+    request = pipe.check_inputs("a red circle", num_inference_steps=1, width=side, height=side)
+    conditioning = pipe.condition(pipe.structure(request), request)
+    latents = pipe.initial_latents(request)
+    recorder = AttentionRecorder(*latents.shape[2:])
+    with pipe.recording_unet("values").recording(recorder):
+        pipe.denoise(conditioning, latents, request)
+    assert recorder.recorded == set(pipe.recording_unet("values").cross_attention_downsampling())
+    assert recorder.maps().shape[-2:] == latents.shape[2:]
 
 
 def test_cross_attention_grids_follow_the_blocks():

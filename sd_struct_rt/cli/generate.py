@@ -58,7 +58,8 @@ def add_to(commands) -> None:
                        help="folder for the PNGs of --prompts-file, named NNNN-prompt.png")
     parser.add_argument("--attention-maps", type=Path, metavar="DIR",
                         help="also write where each token and phrase looked (cross-attention over all steps and "
-                             "layers) as heatmaps on the image, with an index JSON; torch reference only")
+                             "the layers --attention-downsampling picks, all by default) as heatmaps on the image, "
+                             "with an index JSON; torch reference only")
     parser.add_argument("--attention-downsampling", type=options.int_list("attention-downsampling"),
                         metavar="F[,F]",
                         help="with --attention-maps: average only the cross-attention layers whose grid is the "
@@ -159,6 +160,8 @@ def open_pipeline(args):
 def run(args) -> None:
     from ..files import reporting
 
+    if args.attention_downsampling is not None and args.attention_maps is None:
+        raise UserError("--attention-downsampling goes with --attention-maps DIR")
     targets = _targets(args)
     parser = None if args.mode == "plain" else options.chosen_parser(args)
     created = None
@@ -189,8 +192,6 @@ def _generate(args, targets: list[tuple[str, int, Path]], parser) -> None:
         pipe.check_inputs(prompts[batch], seed=seeds[batch], **common)
     if args.attention_maps is not None:  # engines cannot give them: say so before any work
         pipe.check_attention_downsampling(args.mode, args.attention_downsampling, "--attention-downsampling")
-    elif args.attention_downsampling is not None:
-        raise UserError("--attention-downsampling goes with --attention-maps DIR")
     if args.prompts_file is not None:
         # CLIP would truncate these silently; in a file of prompts that is almost always a mistake.
         limit = content_tokens(pipe.tokenizer)

@@ -7,8 +7,8 @@ images the scorer judges exact count: elsewhere there is no single object to be 
 
 The map averages every step and, by default, the model's finest cross-attention layers only
 (8x8 on the shapes model). Its 4x4 bottleneck layers have cells of 16 pixels, larger than most
-objects, and their maps point away from the object; averaged in, they pulled the centroids of
-all-layer maps off (``downsampling="all"`` measures those).
+objects, and do not locate them; averaged in, they pulled the centroids of all-layer maps off
+(``layers="all"`` and ``"coarsest"`` measure those).
 
 The baseline is the same test for a fixed guess, the centre of the image: objects are placed
 anywhere, so a map that ignored the image would score about that.
@@ -40,15 +40,18 @@ def _within(point: tuple[float, float], centre: tuple[float, float], radius: flo
     return math.dist(point, centre) <= radius
 
 
+LAYER_CHOICES = ("finest", "coarsest", "all")
+
+
 def measure_centring(pipe, prompts: Sequence[str], seeds: Sequence[int], batch_size: int = 8,
-                     downsampling: str = "finest", **arguments: Any) -> list[CentringTrial]:
+                     layers: str = "finest", **arguments: Any) -> list[CentringTrial]:
     """One trial per one-object prompt and seed, on ``pipe`` (the torch reference), with maps of
-    the ``finest`` cross-attention layers or of ``all``; ``arguments`` go to the pipeline."""
-    if downsampling not in ("finest", "all"):
-        raise ValueError(f"downsampling must be 'finest' or 'all', not {downsampling!r}")
-    layers = None
-    if downsampling == "finest":
-        layers = (min(pipe.check_attention_downsampling(arguments.get("mode", "values"), None)),)
+    the ``finest`` cross-attention layers, the ``coarsest`` or ``all``; ``arguments`` go to the
+    pipeline."""
+    if layers not in LAYER_CHOICES:
+        raise ValueError(f"layers must be one of {', '.join(LAYER_CHOICES)}, not {layers!r}")
+    available = pipe.check_attention_downsampling(arguments.get("mode", "values"), None)
+    downsampling = {"finest": (min(available),), "coarsest": (max(available),), "all": None}[layers]
     jobs = [(prompt, seed) for prompt in prompts for seed in seeds]
     for prompt, _ in jobs:
         if len(parse_caption(prompt)) != 1:
@@ -57,7 +60,7 @@ def measure_centring(pipe, prompts: Sequence[str], seeds: Sequence[int], batch_s
     for start in range(0, len(jobs), batch_size):
         batch = jobs[start:start + batch_size]
         output = pipe([prompt for prompt, _ in batch], seed=[seed for _, seed in batch], attention_maps=True,
-                      attention_downsampling=layers, **arguments)
+                      attention_downsampling=downsampling, **arguments)
         for (prompt, seed), image, maps in zip(batch, output.images, output.attention):
             detections = detect(image)
             if not judge(prompt, detections).exact:
