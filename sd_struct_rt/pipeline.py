@@ -226,8 +226,7 @@ class StructuredDiffusionPipeline:
             latents = self.denoise(conditioning, latents, request, progress, generators)
             # 6. decode
             return self.output(request, structured, self.decode(latents))
-        chosen_layers = None if attention_downsampling is None else downsampling
-        recorder = AttentionRecorder(*latents.shape[2:], chosen_layers)
+        recorder = AttentionRecorder(*latents.shape[2:], downsampling)
         with self.recording_unet(request.mode).recording(recorder):
             latents = self.denoise(conditioning, latents, request, progress, generators)
         output = self.output(request, structured, self.decode(latents))
@@ -243,11 +242,7 @@ class StructuredDiffusionPipeline:
         available = self.recording_unet(mode).cross_attention_downsampling()  # refuses engines first
         if downsampling is None:
             return available
-        if isinstance(downsampling, numbers.Integral) or not isinstance(downsampling, Sequence) or isinstance(
-                downsampling, str):
-            chosen = (downsampling,)
-        else:
-            chosen = tuple(downsampling)
+        chosen = tuple(downsampling) if isinstance(downsampling, (list, tuple)) else (downsampling,)
         if not chosen or any(not isinstance(factor, numbers.Integral) or isinstance(factor, bool)
                              or factor not in available for factor in chosen):
             raise InputError(f"{name} must be among {', '.join(map(str, available))} (this model's "
