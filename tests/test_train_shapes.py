@@ -1,6 +1,8 @@
 """The shapes training recipe reproduces: same arguments, same bits; a cut-short run never passes as its own."""
 
+import importlib.util
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +19,25 @@ def train(out: Path, *arguments: str) -> subprocess.CompletedProcess:
 def weights_and_configs(folder: Path) -> dict[str, bytes]:
     return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*"))
             if path.is_file() and path.name != "training_log.json"}
+
+
+def load_training_module():
+    spec = importlib.util.spec_from_file_location("train_shapes", TRAIN_SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_learning_rates_follow_the_step_alone_whatever_the_clock_says(monkeypatch):
+    training = load_training_module()
+    phase = training.Phase("unet", max_steps=1000, peak_lr=1e-3, deadline=math.inf)
+    # Two hours on: a schedule that read the clock would have annealed to its floor by now.
+    monkeypatch.setattr(training.time, "monotonic", lambda: phase.start + 7200.0)
+    expected = {0: 1e-3 / training.WARMUP_STEPS, 500: 1e-3 * 0.55,
+                999: 1e-3 * (0.1 + 0.45 * (1 + math.cos(math.pi * 0.999)))}
+    for step, rate in expected.items():
+        phase.step = step
+        assert math.isclose(phase.learning_rate, rate, rel_tol=1e-12), step
 
 
 def test_two_runs_of_one_recipe_write_bit_identical_folders(tmp_path):
