@@ -3,8 +3,10 @@
 import importlib.util
 import json
 import math
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 TRAIN_SCRIPT = Path(__file__).resolve().parent.parent / "train" / "train_shapes.py"
@@ -63,3 +65,33 @@ def test_a_budget_too_short_for_the_steps_warns_and_says_so_in_the_log(tmp_path)
     assert "will not reproduce" in result.stderr
     phases = json.loads((tmp_path / "short" / "training_log.json").read_text())["phases"]
     assert phases["unet"]["reached_cap"] is False and phases["unet"]["steps"] < 3
+
+
+def test_an_existing_out_folder_is_refused_in_one_line_and_left_as_it_was(tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    result = train(tmp_path / "mine", *SHORT_RECIPE)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].endswith("already exists; give a new folder")
+    assert [path.name for path in (tmp_path / "mine").iterdir()] == ["notes.txt"]
+
+
+def test_sigterm_mid_training_leaves_neither_the_folder_nor_its_staging(tmp_path):
+    out = tmp_path / "model"
+    process = subprocess.Popen([sys.executable, str(TRAIN_SCRIPT), "--out", str(out), "--scenes", "64",
+                                "--vae-steps", "100000", "--unet-steps", "3"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        # The VAE phase has begun once the staging folder exists and the scenes are drawn.
+        while not list(tmp_path.glob(".model.*")) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert list(tmp_path.glob(".model.*")), "no staging folder appeared"
+        time.sleep(2)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+    assert stderr.strip().splitlines()[-1] == f"train_shapes: terminated; nothing was written to {out}"
+    assert list(tmp_path.iterdir()) == []

@@ -35,6 +35,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import argparse  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
+import signal  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from importlib import resources  # noqa: E402
@@ -47,7 +48,8 @@ from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel  # noqa
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn  # noqa: E402
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer  # noqa: E402
 
-from sd_struct_rt.cli.options import positive_int  # noqa: E402
+from sd_struct_rt.cli.options import Terminated, install_signal_handlers, positive_int  # noqa: E402
+from sd_struct_rt.files import clear_stale_staging, os_error_line, remove_entry, staging_path  # noqa: E402
 from sd_struct_rt.shapes import scorer, world  # noqa: E402
 from sd_struct_rt.text import token_ids  # noqa: E402
 from sd_struct_rt.vocab import write_tokenizer_folder  # noqa: E402
@@ -289,10 +291,32 @@ def main() -> None:
     parser.add_argument("--latent-penalty", type=float, default=1e-5, help="weight of the mean squared latent")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    if args.out.exists():
+        parser.error(f"--out {args.out} already exists; give a new folder")
+    install_signal_handlers()  # SIGTERM unwinds like Ctrl-C, so the staged folder is removed either way
+    try:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        clear_stale_staging(args.out)  # left by a run that was killed outright
+        staged = staging_path(args.out, "folder")
+        try:
+            train(staged, args)
+            staged.rename(args.out)
+        except BaseException:
+            remove_entry(staged)
+            raise
+    except KeyboardInterrupt as interruption:
+        terminated = isinstance(interruption, Terminated)
+        print(f"train_shapes: {'terminated' if terminated else 'interrupted'}; nothing was written to {args.out}",
+              file=sys.stderr)
+        sys.exit(128 + (signal.SIGTERM if terminated else signal.SIGINT))
+    except OSError as error:
+        sys.exit(f"train_shapes: error: {os_error_line(error, 'write the model folder', args.out)}")
 
+
+def train(out: Path, args) -> None:
+    """Everything into ``out``, a staging folder that becomes ``--out`` only when complete."""
     start = time.monotonic()
     deadline = start + args.minutes_budget * 60 - SAVE_RESERVE_S
-    args.out.mkdir(parents=True)
     torch.set_num_threads(args.threads)
     recipe = {**{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "torch": torch.__version__,
               "vae_config": VAE_CONFIG, "unet_config": UNET_CONFIG, "text_config": TEXT_CONFIG,
@@ -307,14 +331,14 @@ def main() -> None:
     torch.manual_seed(args.seed)
     vae = train_vae(images, deadline, args, log, generator)
     latents = encode_latents(vae, images, log)
-    write_tokenizer_folder(args.out / "tokenizer")
-    tokenizer = CLIPTokenizer.from_pretrained(args.out / "tokenizer")
+    write_tokenizer_folder(out / "tokenizer")
+    tokenizer = CLIPTokenizer.from_pretrained(out / "tokenizer")
     unet, text_encoder = train_unet_and_text_encoder(latents, captions, tokenizer, deadline, args, log, generator)
     log.notes["fp16_rounding_relative_error"] = fp16_rounding_error(unet, latents, generator)
     started = time.monotonic()
-    save_folder(args.out, vae, unet, text_encoder)
+    save_folder(out, vae, unet, text_encoder)
     log.end_phase("save", started)
-    log.write(args.out / "training_log.json")
+    log.write(out / "training_log.json")
 
 
 if __name__ == "__main__":
