@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-MODES = ("values", "keys")
+from .modes import ROLES
 
 
 def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -156,8 +156,8 @@ class StructuredUNet(nn.Module):
 
     def __init__(self, unet: nn.Module, mode: str = "values", added: tuple[str, ...] = ()):
         super().__init__()
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
+        if mode not in ROLES:
+            raise ValueError(f"mode must be one of {ROLES}, not {mode!r}")
         for name, module in unet.named_modules():
             if name.endswith(("attn1", "attn2")):
                 _check_sd1_attention(module)

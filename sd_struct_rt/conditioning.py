@@ -2,7 +2,9 @@
 
 Rows are laid out as diffusers does for classifier-free guidance: the unconditional rows of
 every prompt first, then the conditional ones. Rows may hold different numbers of levels;
-shorter ones are zero-padded and masked (SPEC P3, P4).
+shorter ones are zero-padded and masked (SPEC P3, P4). In ``composable`` mode (SPEC 3.4) a
+prompt has one conditional row per component instead (its full prompt, then each phrase),
+each a single level.
 """
 
 from __future__ import annotations
@@ -12,9 +14,9 @@ from typing import Callable
 
 import torch
 
+from .modes import MODES, uses_structure
 from .structure.spans import PhraseSpan, StructuredPrompt
 
-MODES = ("values", "keys", "plain")
 DEFAULT_MAX_LEVELS = 8
 # texts -> their [M, T, D] embeddings and, for families whose UNet reads them, pooled [M, P] ones
 TextEncoder = Callable[[list[str]], "tuple[torch.Tensor, torch.Tensor | None]"]
@@ -32,10 +34,17 @@ class Conditioning:
     level_states: torch.Tensor  # [N, L, T, D]
     level_mask: torch.Tensor  # [N, L], float 1/0
     pooled: torch.Tensor | None = None  # [N, P]: the whole prompt's (or negative's) pooled embedding (SDXL)
+    # Conditional rows of each prompt, in order (composable mode); None: one each.
+    conditional_rows: tuple[int, ...] | None = None
 
     @property
     def levels_per_row(self) -> list[int]:
         return [int(count) for count in self.level_mask.sum(dim=1)]
+
+    def rows(self, start: int, stop: int) -> "Conditioning":
+        """UNet rows ``start:stop`` alone, for a call split to fit an engine's batch."""
+        return Conditioning(self.encoder_hidden_states[start:stop], self.level_states[start:stop],
+                            self.level_mask[start:stop], None if self.pooled is None else self.pooled[start:stop])
 
 
 def aligned(full: torch.Tensor, phrase: torch.Tensor, span: PhraseSpan) -> torch.Tensor:
@@ -58,11 +67,12 @@ def build_conditioning(encoder: TextEncoder, prompts: list[StructuredPrompt], ne
     """Encode every string of the batch in one text-encoder call and stack the levels.
 
     Every span of every prompt becomes a level (the structure stage caps them, ``capped``).
-    Pooled embeddings, where the family has them, come from the whole prompt only.
+    Pooled embeddings, where the family has them, come from the whole prompt only, except in
+    ``composable`` mode, where each component is a prompt of its own.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
-    spans = [() if mode == "plain" else p.spans for p in prompts]
+    spans = [p.spans if uses_structure(mode) else () for p in prompts]
     texts = list(negative_prompts) + [p.prompt for p in prompts]
     texts += [span.text for row in spans for span in row]
     embeddings, pooled = encoder(texts)
@@ -72,6 +82,8 @@ def build_conditioning(encoder: TextEncoder, prompts: list[StructuredPrompt], ne
     for row in spans:
         phrase_embeddings.append(list(embeddings[cursor:cursor + len(row)]))
         cursor += len(row)
+    if mode == "composable":
+        return _composable(embeddings, pooled, count, [len(row) for row in spans])
 
     # encoder_hidden_states is the key context in values mode and the value context in keys mode.
     contexts, level_rows = list(unconditional), [[u] for u in unconditional]
@@ -86,6 +98,19 @@ def build_conditioning(encoder: TextEncoder, prompts: list[StructuredPrompt], ne
         stacked[i, :len(row)] = torch.stack(row)
         mask[i, :len(row)] = 1
     return Conditioning(torch.stack(contexts), stacked, mask, None if pooled is None else pooled[:2 * count])
+
+
+def _composable(embeddings: torch.Tensor, pooled: torch.Tensor | None, count: int,
+                phrase_counts: list[int]) -> Conditioning:
+    """Rows: the unconditional ones, then per prompt its full prompt and each phrase, each encoded
+    on its own (not aligned into the prompt) and each the single level of its row."""
+    order, cursor = list(range(count)), 2 * count
+    for prompt, phrases in enumerate(phrase_counts):
+        order += [count + prompt, *range(cursor, cursor + phrases)]
+        cursor += phrases
+    rows = embeddings[order]
+    return Conditioning(rows, rows[:, None], rows.new_ones(len(order), 1), None if pooled is None else pooled[order],
+                        tuple(1 + phrases for phrases in phrase_counts))
 
 
 def stack_rows(parts: list[Conditioning]) -> Conditioning:

@@ -243,3 +243,6 @@ class ModelFacts:
     tokens: int = 77  # T: text positions
     pooled_width: int = 0  # P: the pooled text embedding the UNet reads (SDXL), 0 when it reads none
     force_zeros_for_empty_prompt: bool = False  # SDXL: an empty negative prompt is zeros, not encoded ""
+    # What the folder's sdrt_defaults.json records for calls that give none; None: SD's usual.
+    default_guidance_scale: float | None = None
+    default_steps: int | None = None

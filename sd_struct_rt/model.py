@@ -26,6 +26,9 @@ MATERIALISE_SEED = 20230222
 # The seed offset of each part's weights; a part keeps its offset for ever, so that the weights
 # of an embedded model do not change when another part is added to the list.
 COMPONENT_SEEDS = {"unet": 0, "vae": 1, "text_encoder": 2, "text_encoder_2": 3}
+# A model folder may hold this file: the guidance scale and steps it draws best at, used when a
+# caller gives none (``drawing_defaults``).
+DRAWING_DEFAULTS_NAME = "sdrt_defaults.json"
 # In a cached model folder: the sha256 of every file, written last, checked at every use.
 DIGESTS_NAME = "sdrt-digests.json"
 
@@ -76,6 +79,8 @@ def materialise(root, destination: Path) -> None:
     index = json.loads((root / "model_index.json").read_text())
     destination.mkdir(parents=True)
     (destination / "model_index.json").write_bytes((root / "model_index.json").read_bytes())
+    if (root / DRAWING_DEFAULTS_NAME).is_file():
+        (destination / DRAWING_DEFAULTS_NAME).write_bytes((root / DRAWING_DEFAULTS_NAME).read_bytes())
     for name, spec in index.items():
         if name.startswith("_") or not isinstance(spec, list):
             continue
@@ -103,6 +108,30 @@ def materialise(root, destination: Path) -> None:
                                 if key not in ("architectures", "model_type")}
                     model = getattr(transformers, class_name)(transformers.CLIPTextConfig(**settings))
             model.save_pretrained(destination / name)
+
+
+def read_drawing_defaults(folder: Path) -> dict:
+    """``default_guidance_scale`` and ``default_steps`` from the folder's ``DRAWING_DEFAULTS_NAME``,
+    as ``ModelFacts`` fields (empty when the folder has none); a damaged file is one line."""
+    from . import inputs
+    from .errors import InputError
+
+    path = folder / DRAWING_DEFAULTS_NAME
+    if not path.exists():
+        return {}
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(recorded, dict) or set(recorded) - {"guidance_scale", "num_inference_steps"}:
+            raise InputError("it must be a JSON object with guidance_scale and/or num_inference_steps")
+        facts = {}
+        if "guidance_scale" in recorded:
+            facts["default_guidance_scale"] = inputs.guidance(recorded["guidance_scale"])
+        if "num_inference_steps" in recorded:
+            facts["default_steps"] = inputs.steps(recorded["num_inference_steps"])
+        return facts
+    except (OSError, ValueError) as error:
+        reason = str(error) if isinstance(error, InputError) else type(error).__name__
+        raise UserError(f"{path}: unreadable drawing defaults ({reason}); fix or delete the file") from None
 
 
 def _file_digests(folder: Path) -> dict[str, str]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import numbers
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -31,12 +32,13 @@ from . import __version__, inputs
 from .attention import AttentionRecorder, StructuredUNet
 from .attention_maps import named_maps
 from .backends import Networks, OpenOptions
-from .conditioning import DEFAULT_MAX_LEVELS, MODES, Conditioning, build_conditioning
+from .conditioning import DEFAULT_MAX_LEVELS, Conditioning, build_conditioning
 from .contract import ModelFacts
 from .errors import InputError, UserError
 from .families import Family
 from .image import png_bytes, save_png, to_pil
 from .manifest import Manifest
+from .modes import MODES, role_for, uses_structure
 from .sampling import DenoisingRun, Progress, initial_latents, seeded_generators, to_uint8
 from .schedulers import SCHEDULERS, make_scheduler, scheduler_name
 from .structure import analyse
@@ -45,6 +47,9 @@ from .structure.spans import StructuredPrompt, capped
 from .text import preprocess
 
 MAX_LEVELS = 64
+# What a call with no steps or guidance uses when the model folder records none (SD's own).
+DEFAULT_STEPS = 50
+DEFAULT_GUIDANCE_SCALE = 7.5
 PromptInput = str | StructuredPrompt | Sequence[str | StructuredPrompt]
 
 
@@ -175,12 +180,19 @@ class StructuredDiffusionPipeline:
         return min(max(self.facts.default_size, low), high)
 
     @property
+    def drawing_defaults(self) -> dict[str, Any]:
+        """Steps and guidance scale when a call gives none: what the model folder records
+        (``sdrt_defaults.json``), else SD's usual 50 and 7.5."""
+        return {"num_inference_steps": self.facts.default_steps or DEFAULT_STEPS,
+                "guidance_scale": self.facts.default_guidance_scale or DEFAULT_GUIDANCE_SCALE}
+
+    @property
     def max_levels(self) -> int:
         """Most levels per prompt, the full prompt included: the engine profile's, or ``MAX_LEVELS``."""
         return self.engine_set.manifest.profile.levels if self.engine_set else MAX_LEVELS
 
     def __call__(self, prompt: PromptInput, *, seed: int | Sequence[int] = 0,
-                 num_inference_steps: int = 50, guidance_scale: float = 7.5,
+                 num_inference_steps: int | None = None, guidance_scale: float | None = None,
                  negative_prompt: str | Sequence[str] = "", width: int | None = None, height: int | None = None,
                  mode: str = "values", parser: str | Parser | None = None, phrases: Sequence[str] | None = None,
                  trees: Sequence[str] | None = None, max_levels: int = DEFAULT_MAX_LEVELS,
@@ -192,8 +204,11 @@ class StructuredDiffusionPipeline:
         A prompt may also be a ``StructuredPrompt`` that ``structure`` (or ``sd_struct_rt.structure.
         analyse``) made earlier: its phrases are used as they are, and ``parser`` only names them.
 
-        ``seed``: an int (prompt ``i`` gets ``seed + i``) or one per prompt. ``mode``: ``values``
-        (the paper's default), ``keys`` (its conjunction mode) or ``plain`` (ordinary SD).
+        ``seed``: an int (prompt ``i`` gets ``seed + i``) or one per prompt. ``num_inference_steps``
+        and ``guidance_scale``: by default the model folder's (``drawing_defaults``), else 50 and
+        7.5. ``mode``: ``values`` (the paper's default), ``keys`` (its conjunction mode), ``plain``
+        (ordinary SD) or ``composable`` (Composable Diffusion over the phrases: one conditional
+        UNet row per phrase and one for the full prompt, their guidance summed).
         ``parser``: ``spacy``, ``stanza``, ``tree`` or a parser object; by default ``tree`` when
         ``phrases`` or ``trees`` (bracketed, one per sentence) are given, else ``spacy``.
         ``max_levels`` caps the levels per prompt, the full prompt included; extra phrases
@@ -260,12 +275,15 @@ class StructuredDiffusionPipeline:
     # --- 1. inputs ---------------------------------------------------------------------------
 
     def check_inputs(self, prompt: PromptInput, *, seed: int | Sequence[int] = 0,
-                     num_inference_steps: int = 50, guidance_scale: float = 7.5,
+                     num_inference_steps: int | None = None, guidance_scale: float | None = None,
                      negative_prompt: str | Sequence[str] = "", width: int | None = None,
                      height: int | None = None, mode: str = "values", parser: str | Parser | None = None,
                      phrases: Sequence[str] | None = None, trees: Sequence[str] | None = None,
                      max_levels: int = DEFAULT_MAX_LEVELS, scheduler: str | None = None) -> Request:
         """Check every input (cheap: no parsing, no network) and fill in the defaults."""
+        num_inference_steps = self.drawing_defaults["num_inference_steps"] if num_inference_steps is None \
+            else num_inference_steps
+        guidance_scale = self.drawing_defaults["guidance_scale"] if guidance_scale is None else guidance_scale
         single = isinstance(prompt, (str, StructuredPrompt))
         prompts = _texts(prompt, "prompt", StructuredPrompt)
         if not prompts:
@@ -293,7 +311,7 @@ class StructuredDiffusionPipeline:
                           steps=self._steps(num_inference_steps, sampler), scheduler=scheduler_name(sampler),
                           guidance_scale=inputs.guidance(guidance_scale),
                           width=width, height=height, mode=mode,
-                          parser=None if mode == "plain" else self._parser(parser, phrases, trees),
+                          parser=self._parser(parser, phrases, trees) if uses_structure(mode) else None,
                           max_levels=min(inputs.whole_number(max_levels, "max_levels", 1, MAX_LEVELS),
                                          self.max_levels))
         self.check_engine_profile(request)
@@ -358,8 +376,8 @@ class StructuredDiffusionPipeline:
         return make_parser("tree", trees, phrases)
 
     def unet_for(self, mode: str):
-        """The UNet that serves ``mode``; plain is one level, which either role computes exactly (SPEC P1)."""
-        role = mode if mode != "plain" else next(iter(self.networks.unets))
+        """The UNet that serves ``mode``: single-level modes take any (SPEC P1), see ``modes``."""
+        role = role_for(mode, self.networks.unets)
         if role in self.networks.unets:
             return role, self.networks.unets[role]
         if self.engine_set is not None:
@@ -380,6 +398,13 @@ class StructuredDiffusionPipeline:
         return self.family.encode_texts(self.networks.text_encoder, self.tokenizers, texts, self.facts)
 
     def condition(self, structured: list[StructuredPrompt], request: Request) -> Conditioning:
+        if request.mode == "composable":
+            alone = [str(index) for index, prompt in enumerate(structured) if not prompt.spans]
+            if alone:
+                which = "the prompt has" if len(structured) == 1 else f"prompt{'s' * (len(alone) > 1)} " \
+                    f"{', '.join(alone)} {'have' if len(alone) > 1 else 'has'}"
+                warnings.warn(f"mode 'composable': {which} no phrase to compose, so it is generated as plain",
+                              stacklevel=2)
         return build_conditioning(self.encode_texts, structured, list(request.negative_prompts), request.mode)
 
     def initial_latents(self, request: Request, generators: list[torch.Generator] | None = None) -> torch.Tensor:
@@ -389,19 +414,33 @@ class StructuredDiffusionPipeline:
 
     def predict_noise(self, sample: torch.Tensor, timestep: torch.Tensor, conditioning: Conditioning,
                       mode: str) -> torch.Tensor:
-        """One UNet call on ``2 * prompts`` rows: unconditional rows first, then conditional."""
+        """The UNet on every row: unconditional rows first, then conditional. An engine set takes
+        at most ``unet_rows`` rows a call (composable prompts can need more), so longer batches
+        run as several calls; rows are independent, so this changes no row's result."""
         role, unet = self.unet_for(mode)
-        return _only_output(unet(**self.family.unet_inputs(sample, timestep, conditioning, role, self.facts)))
+        limit = self.unet_rows or sample.shape[0]
+        parts = [_only_output(unet(**self.family.unet_inputs(
+            sample[start:start + limit], timestep[start:start + limit],
+            conditioning if limit >= sample.shape[0] else conditioning.rows(start, start + limit), role, self.facts)))
+            for start in range(0, sample.shape[0], limit)]
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
-    def denoising_run(self, request: Request, latents: torch.Tensor, generators: list[torch.Generator] | None = None,
+    @property
+    def unet_rows(self) -> int | None:
+        """Most UNet rows in one call: an engine profile's (two per prompt), or None (no limit)."""
+        return 2 * self.engine_set.manifest.profile.batch[1] if self.engine_set else None
+
+    def denoising_run(self, request: Request, latents: torch.Tensor, conditioning: Conditioning,
+                      generators: list[torch.Generator] | None = None,
                       progress: Progress | None = None) -> DenoisingRun:
         """The sampling state of ``request``, with a scheduler of its own (multistep ones keep state)."""
         scheduler = make_scheduler(request.scheduler if request.scheduler in SCHEDULERS else None, self.scheduler)
-        return DenoisingRun(scheduler, latents, request.steps, request.guidance_scale, generators, progress)
+        return DenoisingRun(scheduler, latents, request.steps, request.guidance_scale, generators, progress,
+                            conditioning.conditional_rows)
 
     def denoise(self, conditioning: Conditioning, latents: torch.Tensor, request: Request,
                 progress: Progress | None = None, generators: list[torch.Generator] | None = None) -> torch.Tensor:
-        run = self.denoising_run(request, latents, generators, progress)
+        run = self.denoising_run(request, latents, conditioning, generators, progress)
         while not run.finished:
             sample, timestep = run.model_input()
             run.advance(self.predict_noise(sample, timestep, conditioning, request.mode))

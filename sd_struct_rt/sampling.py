@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -27,7 +27,9 @@ class DenoisingRun:
     """The sampling state of one batch of prompts: its own scheduler, latents, timestep and step count.
 
     Classifier-free guidance: ``model_input`` gives the UNet rows, the unconditional ones, then
-    the conditional; ``advance`` takes the UNet's prediction for exactly those rows. Runs are
+    the conditional; ``advance`` takes the UNet's prediction for exactly those rows. With
+    ``conditional_rows`` (composable mode: prompt ``i`` has that many conditional rows) the
+    guidance sums over them: ``eps_u + w * sum_j (eps_j - eps_u)`` (SPEC 3.4). Runs are
     independent, so a server can put the rows of many runs, at different timesteps, into one
     UNet call (in-flight batching).
 
@@ -38,9 +40,15 @@ class DenoisingRun:
     """
 
     def __init__(self, scheduler, latents: torch.Tensor, steps: int, guidance_scale: float,
-                 generators: list[torch.Generator] | None = None, progress: Progress | None = None):
+                 generators: list[torch.Generator] | None = None, progress: Progress | None = None,
+                 conditional_rows: Sequence[int] | None = None):
         from .schedulers import draws_noise
 
+        if conditional_rows is not None and len(conditional_rows) != latents.shape[0]:
+            raise ValueError(f"{len(conditional_rows)} conditional row counts for {latents.shape[0]} prompts")
+        # Each conditional row's prompt; None while there is one each (the usual two rows per prompt).
+        self.owners = None if conditional_rows is None or set(conditional_rows) == {1} else \
+            torch.repeat_interleave(torch.arange(latents.shape[0]), torch.tensor(list(conditional_rows)))
         scheduler.set_timesteps(steps)
         self.scheduler, self.steps, self.guidance_scale, self.progress = scheduler, steps, guidance_scale, progress
         self.latents = latents * scheduler.init_noise_sigma
@@ -53,13 +61,14 @@ class DenoisingRun:
 
     @property
     def rows(self) -> int:
-        return 2 * self.latents.shape[0]
+        return self.latents.shape[0] + (self.latents.shape[0] if self.owners is None else len(self.owners))
 
     def model_input(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The UNet's sample rows and their timesteps: float32 per row, exactly as the scheduler
         gives them (Euler's and Karras' are fractional)."""
         t = self.timesteps[self.index]
-        sample = self.scheduler.scale_model_input(torch.cat([self.latents, self.latents]), t)
+        conditional = self.latents if self.owners is None else self.latents[self.owners]
+        sample = self.scheduler.scale_model_input(torch.cat([self.latents, conditional]), t)
         return sample, torch.full((self.rows,), float(t), dtype=torch.float32)
 
     def advance(self, noise: torch.Tensor) -> None:
@@ -67,8 +76,14 @@ class DenoisingRun:
         t = self.timesteps[self.index]
         # The scheduler keeps the latents on the CPU in float32; a GPU backend's prediction
         # comes back per step (64x64x4 values for SD at 512 px: negligible next to the UNet).
-        unconditional, conditional = noise.to("cpu", torch.float32).chunk(2)
-        guided = unconditional + self.guidance_scale * (conditional - unconditional)
+        noise = noise.to("cpu", torch.float32)
+        unconditional, conditional = noise[:self.latents.shape[0]], noise[self.latents.shape[0]:]
+        if self.owners is None:
+            guided = unconditional + self.guidance_scale * (conditional - unconditional)
+        else:
+            directions = torch.zeros_like(unconditional).index_add_(0, self.owners,
+                                                                    conditional - unconditional[self.owners])
+            guided = unconditional + self.guidance_scale * directions
         self.latents = self.scheduler.step(guided, t, self.latents, return_dict=False, **self.noise)[0]
         self.index += 1
         # Some schedulers visit a timestep twice (PNDM's warm-up, second-order solvers); one of

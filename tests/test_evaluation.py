@@ -106,17 +106,17 @@ def test_sdrt_eval_on_shapes_writes_rates_tests_and_a_sheet(tmp_path, capsys):
                                        "--sheet", str(sheet), "--quiet")
     assert code == 0, stderr
     result = json.loads(out.read_text())
-    assert result["scorer"] == "shapes" and result["modes"] == ["plain", "values", "keys"]
-    assert len(result["trials"]) == 3 * 2 * 3
+    assert result["scorer"] == "shapes" and result["modes"] == ["plain", "values", "keys", "composable"]
+    assert len(result["trials"]) == 3 * 2 * 4
     for row in result["summary"]["modes"].values():
         low, high = row["ci95"]
         assert row["images"] == 6 and low <= row["success_rate"] <= high
         assert sum(row["outcomes"].values()) == 6
-    assert set(result["summary"]["paired"]) == {"values_vs_plain", "keys_vs_plain"}
+    assert set(result["summary"]["paired"]) == {"values_vs_plain", "keys_vs_plain", "composable_vs_plain"}
     assert "binding success" in stdout and "McNemar" in stdout
     with Image.open(sheet) as image:
         assert image.height > 6 * 128  # a row of 128-pixel cells per prompt and seed
-    assert len(json.loads(read_png_metadata(sheet)["outcomes"])) == 18
+    assert len(json.loads(read_png_metadata(sheet)["outcomes"])) == 24
 
 
 def test_sdrt_eval_without_a_scorer_writes_only_the_sheet(tmp_path, capsys):

@@ -112,6 +112,23 @@ def test_concurrent_requests_with_different_phrase_counts_share_unet_calls(serve
             assert psnr(served.convert("RGB"), expected.images[0]) >= 60
 
 
+def test_a_composable_request_is_served_as_the_pipeline_draws_it(server, engine_pipe):
+    from PIL import Image
+    import io
+
+    # Two phrases: 1 + 3 rows beside a plain request's 2, more than the set's 4-row calls hold.
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        composed, plain = pool.map(server.post, [{"prompt": "a red car and a white sheep", "mode": "composable",
+                                                  "seed": 9, **SMALL},
+                                                 {"prompt": "a red car", "mode": "plain", "seed": 9, **SMALL}])
+    assert composed.status_code == 200 and plain.status_code == 200, composed.text[:200]
+    expected = engine_pipe("a red car and a white sheep", mode="composable", seed=9, num_inference_steps=6,
+                           width=64, height=64)
+    with Image.open(io.BytesIO(composed.content)) as served:
+        assert served.text["mode"] == "composable" and dict(served.text) == expected.metadata[0]
+        assert psnr(served.convert("RGB"), expected.images[0]) >= 60
+
+
 def test_json_responses_carry_the_image_and_its_metadata(server):
     import base64
 
@@ -128,7 +145,7 @@ def test_json_responses_carry_the_image_and_its_metadata(server):
     ({"prompt": "a cat", "width": 130}, 400, "width 130 is not a multiple of 8"),
     ({"prompt": "a cat", "steps": 0}, 400, "steps must be between 1 and 1000"),
     ({"prompt": "a cat", "guidance": -1}, 400, "guidance must be 0 or more"),
-    ({"prompt": "a cat", "mode": "loud"}, 400, "mode must be one of values, keys, plain"),
+    ({"prompt": "a cat", "mode": "loud"}, 400, "mode must be one of values, keys, plain, composable"),
     ({"prompt": "a cat", "width": 512, "height": 64}, 400, "width 512 is outside the engine's 64..128"),
     ({"prompt": "a" * 10_000}, 400, "more than the 1000 taken"),
     ({"prompt": "a cat", "colour": "red"}, 400, "unknown field 'colour'"),

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..attention import MODES
+from ..modes import ROLES
 from ..contract import NetworkContract
 from ..errors import UserError
 from . import Networks
@@ -66,10 +66,10 @@ class TorchBackend:
         dtype = DTYPES[precision]
         networks = {mode: {name: TorchNetwork(module, family.networks(model.facts, mode)[name], where, dtype)
                            for name, module in family.torch_modules(model, mode).items()}
-                    for mode in MODES}
-        shared = networks[MODES[0]]  # text encoder and VAE do not depend on the mode
+                    for mode in ROLES}
+        shared = networks[ROLES[0]]  # text encoder and VAE do not depend on the mode
         label = f"torch-{where.type}" + ("-fp16" if precision == "fp16" else "")
-        return Networks(label, shared["text_encoder"], {mode: networks[mode]["unet"] for mode in MODES},
+        return Networks(label, shared["text_encoder"], {mode: networks[mode]["unet"] for mode in ROLES},
                         shared["vae_decoder"], precision, torch.__version__)
 
 

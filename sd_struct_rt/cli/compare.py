@@ -7,8 +7,8 @@ from pathlib import Path
 
 from ..errors import UserError
 from . import options
+from .evaluate import DEFAULT_MODES
 
-DEFAULT_MODES = "plain,values,keys"  # ordinary SD first, as the baseline
 EXAMPLE = """examples:
   sdrt compare "a red car and a white sheep" --modes plain,values,keys --seeds 4 --out grid.png
   sdrt compare "a red circle and a blue square" --model shapes --seeds 8 --scale 3 --out shapes.png
@@ -18,7 +18,7 @@ structure changes for the same starting noise."""
 
 
 def add_to(commands) -> None:
-    from ..conditioning import MODES
+    from ..modes import MODES
 
     parser = commands.add_parser(
         "compare", help="the same prompt and seeds in several modes, in one labelled grid",
@@ -33,8 +33,7 @@ def add_to(commands) -> None:
     parser.add_argument("--seed", type=options.seed, default=0, help="first seed [default: 0]")
     parser.add_argument("--model", help="model folder, hub id or embedded name [default: tiny]")
     parser.add_argument("--engine", type=Path, metavar="DIR", help="run on this engine set instead")
-    parser.add_argument("--steps", type=options.steps_option(), default=50, help="denoising steps [default: 50]")
-    parser.add_argument("--guidance", type=options.guidance, default=7.5, help="guidance scale [default: 7.5]")
+    options.add_drawing_options(parser)
     parser.add_argument("--width", type=options.image_side("width"), help="[default: the model's]")
     parser.add_argument("--height", type=options.image_side("height"), help="[default: the model's]")
     options.add_scheduler_option(parser)
@@ -48,7 +47,7 @@ def add_to(commands) -> None:
 
 def run(args) -> None:
     from .. import inputs
-    from ..conditioning import MODES
+    from ..modes import MODES
     from ..files import check_writable_folder
     from ..grids import contact_sheet
     from ..image import save_png

@@ -9,8 +9,10 @@ from pathlib import Path
 from ..errors import UserError
 from . import options
 
+DEFAULT_MODES = "plain,values,keys,composable"  # ordinary SD first, as the baseline
+
 EXAMPLE = """examples:
-  sdrt eval --model shapes --prompts held-out --seeds 4 --guidance 3 --out results.json --sheet sheet.png
+  sdrt eval --model shapes-clip --prompts held-out --seeds 4 --out results.json --sheet sheet.png
   sdrt eval --model /models/sd15 --prompts-file cc500.txt --seeds 2 --scorer mypackage.judges:Judge --out r.json
   sdrt eval --prompts-file prompts.txt --seeds 2 --sheet sheet.png      # no scorer: grids for people
 
@@ -38,17 +40,15 @@ def add_to(commands) -> None:
     parser.add_argument("--seeds", type=options.positive_int("seeds", 1000), default=4,
                         help="seeds per prompt: SEED, SEED+1, ... [default: 4]")
     parser.add_argument("--seed", type=options.seed, default=0, help="first seed [default: 0]")
-    parser.add_argument("--modes", default="plain,values,keys",
-                        help="comma-separated modes; the first is the baseline of the paired tests "
-                             "[default: plain,values,keys]")
+    parser.add_argument("--modes", default=DEFAULT_MODES,
+                        help=f"comma-separated modes; the first is the baseline of the paired tests "
+                             f"[default: {DEFAULT_MODES}]")
     parser.add_argument("--model", help="model folder, hub id or embedded name [default: shapes]")
     parser.add_argument("--engine", type=Path, metavar="DIR", help="run on this engine set instead")
     parser.add_argument("--scorer", default=None,
                         help=f"{', '.join(BUILT_IN_SCORERS)} or package.module:Name; 'none' writes only the sheet "
-                             "[default: shapes for the shapes model, else none]")
-    parser.add_argument("--steps", type=options.steps_option(), default=30, help="denoising steps [default: 30]")
-    parser.add_argument("--guidance", type=options.guidance, default=7.5,
-                        help="guidance scale; the shapes model draws best at 2-3 [default: 7.5]")
+                             "[default: shapes for the shapes models, else none]")
+    options.add_drawing_options(parser)
     options.add_scheduler_option(parser)
     parser.add_argument("--batch-size", type=options.positive_int("batch-size", 64), default=8,
                         help="prompts per denoising loop [default: 8]")
@@ -81,6 +81,7 @@ def run(args) -> None:
     from ..grids import contact_sheet
     from ..image import save_png
     from ..pipeline import StructuredDiffusionPipeline
+    from ..shapes import MODELS as SHAPES_MODELS
 
     if args.out is None and args.sheet is None:
         raise UserError("give --out FILE.json for the results, --sheet FILE.png for the images, or both")
@@ -92,7 +93,7 @@ def run(args) -> None:
         raise UserError("--modes takes distinct modes separated by commas, such as plain,values,keys; "
                         f"not {args.modes!r}")
     model = args.model or ("shapes" if args.engine is None else None)
-    scorer_name = args.scorer or ("shapes" if (model or "") == "shapes" or args.prompts else "none")
+    scorer_name = args.scorer or ("shapes" if model in SHAPES_MODELS or args.prompts else "none")
     scorer = None if scorer_name == "none" else load_scorer(scorer_name)
     prompts = _prompts(args)
     seeds = [args.seed + index for index in range(args.seeds)]
@@ -105,8 +106,11 @@ def run(args) -> None:
                                   scheduler=args.scheduler)
     finally:
         bar.close()
+    drawn = pipe.drawing_defaults
     context = {"model": pipe.model_id, "backend": pipe.backend, "prompts": len(prompts), "seeds": seeds,
-               "steps": args.steps, "guidance": args.guidance, "scheduler": args.scheduler or "the model's own"}
+               "steps": args.steps or drawn["num_inference_steps"],
+               "guidance": drawn["guidance_scale"] if args.guidance is None else args.guidance,
+               "scheduler": args.scheduler or "the model's own"}
     result = report(trials, modes, scorer, context)
     if args.out is not None:
         write_bytes_atomically(args.out, (json.dumps(result, indent=1) + "\n").encode(), "results")

@@ -30,10 +30,8 @@ def add_to(commands) -> None:
                         help=f"{options.MODELS_HELP}; with --engine, the model the engines must have "
                              "been built from [default: tiny]")
     parser.add_argument("--negative-prompt", default="", help="what to steer away from [default: none]")
-    parser.add_argument("--steps", type=options.steps_option(), default=50, help="denoising steps [default: 50]")
+    options.add_drawing_options(parser)
     options.add_scheduler_option(parser)
-    parser.add_argument("--guidance", type=options.guidance, default=7.5,
-                        help="classifier-free guidance scale [default: 7.5]")
     parser.add_argument("--seed", type=options.seed, default=0, help="seed of the initial noise [default: 0]")
     parser.add_argument("--width", type=options.image_side("width"),
                         help="image width in pixels, a multiple of 8 [default: the model's, 256 for tiny]")
@@ -159,11 +157,12 @@ def open_pipeline(args):
 
 def run(args) -> None:
     from ..files import reporting
+    from ..modes import uses_structure
 
     if args.attention_downsampling is not None and args.attention_maps is None:
         raise UserError("--attention-downsampling goes with --attention-maps DIR")
     targets = _targets(args)
-    parser = None if args.mode == "plain" else options.chosen_parser(args)
+    parser = options.chosen_parser(args) if uses_structure(args.mode) else None
     created = None
     if args.out_dir is not None and not args.out_dir.exists():
         with reporting("create --out-dir", args.out_dir):

@@ -105,8 +105,35 @@ def int_range(name: str):
     return parse
 
 
+def add_drawing_options(parser: argparse.ArgumentParser) -> None:
+    """``--steps`` and ``--guidance``, whose defaults come from the model in hand."""
+    from ..pipeline import DEFAULT_GUIDANCE_SCALE, DEFAULT_STEPS
+
+    recorded = embedded_drawing_defaults()
+    known = "; ".join(f"{name}: {facts['default_steps']}" for name, facts in recorded.items()
+                      if "default_steps" in facts)
+    parser.add_argument("--steps", type=steps_option(), default=None,
+                        help=f"denoising steps [default: the model folder's own ({known or 'none embedded'}), "
+                             f"else {DEFAULT_STEPS}]")
+    known = "; ".join(f"{name}: {facts['default_guidance_scale']:g}" for name, facts in recorded.items()
+                      if "default_guidance_scale" in facts)
+    parser.add_argument("--guidance", type=guidance, default=None,
+                        help=f"classifier-free guidance scale [default: the model folder's own "
+                             f"({known or 'none embedded'}), else {DEFAULT_GUIDANCE_SCALE:g}]")
+
+
+def embedded_drawing_defaults() -> dict[str, dict]:
+    """What each embedded model's folder records (``sdrt_defaults.json``), read from the package alone."""
+    from pathlib import Path
+
+    from ..model import EMBEDDED_MODELS, embedded_config_root, read_drawing_defaults
+
+    return {name: read_drawing_defaults(Path(str(embedded_config_root(name)))) for name in EMBEDDED_MODELS}
+
+
 def add_structure_options(parser: argparse.ArgumentParser, with_plain: bool) -> None:
-    from ..conditioning import DEFAULT_MAX_LEVELS, MODES
+    from ..conditioning import DEFAULT_MAX_LEVELS
+    from ..modes import MODES
     from ..structure.parsers import DEFAULT_SPACY_MODEL, PARSERS
 
     group = parser.add_argument_group("structure (which noun phrases become levels)")
@@ -114,7 +141,8 @@ def add_structure_options(parser: argparse.ArgumentParser, with_plain: bool) -> 
         group.add_argument("--mode", choices=MODES, default="values",
                            help="values: full-prompt keys, phrase levels averaged as values (the paper's "
                                 "default); keys: one key set per level (the paper's --conjunction); "
-                                "plain: ordinary Stable Diffusion [default: values]")
+                                "plain: ordinary Stable Diffusion; composable: Composable Diffusion over the "
+                                "phrases, one UNet row each plus the full prompt [default: values]")
         group.add_argument("--max-levels", type=positive_int("max-levels", 64), default=DEFAULT_MAX_LEVELS,
                            help="levels per prompt including the full prompt; extra phrases are dropped "
                                 f"with a warning [default: {DEFAULT_MAX_LEVELS}]")

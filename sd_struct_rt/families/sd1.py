@@ -32,10 +32,12 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from ..attention import MODES, StructuredUNet
+from ..attention import StructuredUNet
+from ..modes import ROLES
 from ..contract import (Axis, Fixed, ModelFacts, NetworkContract, Profile, Scaled, TensorSpec, integers_below,
                         uniform_below)
 from ..errors import UserError
+from ..model import read_drawing_defaults
 from ..text import token_ids
 
 # SPEC section 5: the UNet's stacked-levels input is named after the role the levels play.
@@ -175,7 +177,8 @@ class StableDiffusion1:
             return ModelFacts(family=self.name, text_width=int(text["hidden_size"]),
                               vocab_size=int(text["vocab_size"]), vae_scale_factor=vae_scale,
                               default_size=int(unet["sample_size"]) * vae_scale,
-                              size_step=vae_scale * 2 ** downsamplings, latent_channels=LATENT_CHANNELS)
+                              size_step=vae_scale * 2 ** downsamplings, latent_channels=LATENT_CHANNELS,
+                              **read_drawing_defaults(folder))
         except (KeyError, TypeError, ValueError) as error:
             raise UserError(f"{folder}: its configs lack {error} or hold the wrong type; {FOLDER_HINT}") from None
 
@@ -263,8 +266,8 @@ class StableDiffusion1:
         return ()
 
     def torch_modules(self, model: StableDiffusionModel, mode: str) -> dict[str, nn.Module]:
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
+        if mode not in ROLES:
+            raise ValueError(f"mode must be one of {ROLES}, not {mode!r}")
         return {"text_encoder": TextEmbeddings(model.text_encoder), "unet": StructuredUNet(model.unet, mode),
                 "vae_decoder": LatentDecoder(model.vae)}
 

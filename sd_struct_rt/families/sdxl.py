@@ -28,7 +28,8 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from ..attention import MODES, StructuredUNet
+from ..attention import StructuredUNet
+from ..modes import ROLES
 from ..contract import Fixed, ModelFacts, TensorSpec, integers_below, uniform_below
 from ..errors import UserError
 from ..text import token_ids
@@ -150,8 +151,8 @@ class StableDiffusionXL(StableDiffusion1):
                 TensorSpec("time_ids", torch.float32, (dims.rows, sizes), uniform_below(1024)))
 
     def torch_modules(self, model: StableDiffusionXLModel, mode: str) -> dict[str, nn.Module]:
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
+        if mode not in ROLES:
+            raise ValueError(f"mode must be one of {ROLES}, not {mode!r}")
         return {"text_encoder": TextEncodersXL(model.text_encoder, model.text_encoder_2),
                 "unet": StructuredUNet(model.unet, mode, added=ADDED_CONDITIONS),
                 "vae_decoder": LatentDecoder(model.vae)}

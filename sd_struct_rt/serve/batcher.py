@@ -113,7 +113,8 @@ class Batcher:
             structured = self.pipe.structure(request)
             conditioning = self.pipe.condition(structured, request)
             generators = seeded_generators(list(request.seeds))
-            run = self.pipe.denoising_run(request, self.pipe.initial_latents(request, generators), generators)
+            run = self.pipe.denoising_run(request, self.pipe.initial_latents(request, generators), conditioning,
+                                          generators)
         job = Job(request, structured, conditioning, run, self.pipe.unet_for(request.mode)[0])
         with self._changed:
             if self.draining:
@@ -154,7 +155,9 @@ class Batcher:
         if self.policy != "inflight" and self.active:
             return
         first_group = self.queue[0].group if self.queue else None
-        while self.queue and running_rows + self.queue[0].run.rows <= self.capacity:
+        # A job larger than the capacity (a composable prompt of many phrases) runs alone; the
+        # pipeline splits its rows into calls the engines take.
+        while self.queue and (running_rows + self.queue[0].run.rows <= self.capacity or not self.active):
             if self.policy == "static" and self.queue[0].group != first_group:
                 break  # a static batch is one group, formed at its start
             job = self.queue.popleft()
