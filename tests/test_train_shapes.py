@@ -9,18 +9,14 @@ import sys
 import time
 from pathlib import Path
 
-TRAIN_SCRIPT = Path(__file__).resolve().parent.parent / "train" / "train_shapes.py"
+from tests.training import TRAIN_FOLDER, run_recipe, weights_and_configs
+
+TRAIN_SCRIPT = TRAIN_FOLDER / "train_shapes.py"
 SHORT_RECIPE = ["--scenes", "64", "--vae-steps", "3", "--unet-steps", "3", "--threads", "2"]
 
 
-def train(out: Path, *arguments: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(TRAIN_SCRIPT), "--out", str(out), *arguments],
-                          capture_output=True, text=True, timeout=300)
-
-
-def weights_and_configs(folder: Path) -> dict[str, bytes]:
-    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*"))
-            if path.is_file() and path.name != "training_log.json"}
+def train(out: Path, *arguments: str):
+    return run_recipe("train_shapes.py", out, *arguments)
 
 
 def load_training_module():

@@ -50,6 +50,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer  # noqa: E
 
 from sd_struct_rt.cli.options import Terminated, install_signal_handlers, positive_int  # noqa: E402
 from sd_struct_rt.files import clear_stale_staging, os_error_line, remove_entry, staging_path  # noqa: E402
+from sd_struct_rt.model import DRAWING_DEFAULTS_NAME  # noqa: E402
 from sd_struct_rt.shapes import scorer, world  # noqa: E402
 from sd_struct_rt.text import token_ids  # noqa: E402
 from sd_struct_rt.vocab import write_tokenizer_folder  # noqa: E402
@@ -84,6 +85,9 @@ UNET_STEPS = 4000
 LOG_EVERY = 25
 # What the end takes after the last UNet step: the EMA copy, the fp16 check, writing the folder.
 SAVE_RESERVE_S = 20.0
+# What the folder records for callers that give no guidance or steps: the shapes models draw
+# their prompts at 2-3 and blotches at SD's usual 7.5.
+DRAWING_DEFAULTS = {"guidance_scale": 3.0, "num_inference_steps": 30}
 
 
 def tiny_file(name: str) -> bytes:
@@ -206,17 +210,18 @@ def encode_latents(vae: AutoencoderKL, images: np.ndarray, log: Log) -> torch.Te
     return latents * scaling
 
 
-def train_unet_and_text_encoder(latents, captions, tokenizer, deadline, args, log, generator):
-    torch.manual_seed(args.seed + 1)
-    text_encoder = CLIPTextModel(CLIPTextConfig(**{k: v for k, v in TEXT_CONFIG.items()
-                                                   if k not in ("architectures", "model_type")}))
+def train_unet(latents, ids, empty, text_encoder, deadline, args, log, generator, train_text_encoder: bool):
+    """SD's epsilon objective on ``latents`` captioned by ``ids``; the text encoder learns too, or stays frozen.
+
+    Returns the EMA copies of the UNet and, when it trained, of the text encoder.
+    """
     unet = UNet2DConditionModel.from_config(UNET_CONFIG)
-    networks = torch.nn.ModuleDict({"unet": unet, "text_encoder": text_encoder})
+    networks = torch.nn.ModuleDict({"unet": unet, "text_encoder": text_encoder} if train_text_encoder
+                                   else {"unet": unet})
+    text_encoder.requires_grad_(train_text_encoder)
     ema = AveragedModel(networks, multi_avg_fn=get_ema_multi_avg_fn(EMA_DECAY))
     optimizer = torch.optim.AdamW(networks.parameters(), lr=args.unet_lr, weight_decay=0.0, fused=True)
 
-    ids = token_ids(tokenizer, captions)
-    empty = token_ids(tokenizer, [""])[0]
     alphas_cumprod = noise_schedule().alphas_cumprod
     snr = alphas_cumprod / (1 - alphas_cumprod)
     loss_weight = snr.clamp(max=MIN_SNR_GAMMA) / snr  # min-SNR-5: easy, nearly clean steps count less
@@ -230,7 +235,8 @@ def train_unet_and_text_encoder(latents, captions, tokenizer, deadline, args, lo
         batch_ids = ids[rows].clone()
         # Empty captions teach the unconditional prediction that classifier-free guidance needs.
         batch_ids[torch.rand(args.unet_batch, generator=generator) < CAPTION_DROPOUT] = empty
-        states = text_encoder(batch_ids).last_hidden_state
+        with torch.set_grad_enabled(train_text_encoder):
+            states = text_encoder(batch_ids).last_hidden_state
         prediction = unet(noisy, timesteps, states).sample
         per_row = F.mse_loss(prediction, noise, reduction="none").mean(dim=(1, 2, 3))
         loss = (per_row * loss_weight[timesteps]).mean()
@@ -242,8 +248,14 @@ def train_unet_and_text_encoder(latents, captions, tokenizer, deadline, args, lo
         ema.update_parameters(networks)
         phase.step += 1
         log.loss(phase, loss.item())
-    log.end_phase("unet", phase.start, **phase.end_facts(), batch=args.unet_batch)
-    return ema.module["unet"].eval(), ema.module["text_encoder"].eval()
+    log.end_phase("unet", phase.start, **phase.end_facts(), batch=args.unet_batch,
+                  text_encoder="trained" if train_text_encoder else "frozen")
+    return ema.module["unet"].eval(), (ema.module["text_encoder"].eval() if train_text_encoder else text_encoder)
+
+
+def new_text_encoder() -> CLIPTextModel:
+    return CLIPTextModel(CLIPTextConfig(**{k: v for k, v in TEXT_CONFIG.items()
+                                           if k not in ("architectures", "model_type")}))
 
 
 def noise_schedule() -> PNDMScheduler:
@@ -273,23 +285,41 @@ def save_folder(out: Path, vae, unet, text_encoder) -> None:
     unet.half().save_pretrained(out / "unet")
     text_encoder.save_pretrained(out / "text_encoder",
                                  state_dict={k: v.half() for k, v in text_encoder.state_dict().items()})
+    write_drawing_defaults(out)
+
+
+def write_drawing_defaults(out: Path) -> None:
+    (out / DRAWING_DEFAULTS_NAME).write_text(json.dumps(DRAWING_DEFAULTS, indent=1) + "\n")
+
+
+def recipe_parser(description: str, minutes_budget: float) -> argparse.ArgumentParser:
+    """The options every shapes recipe has: where, which seed, how long at most, how much data,
+    the UNet phase and the threads."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--out", type=Path, required=True, help="folder to write (must not exist)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--minutes-budget", type=float, default=minutes_budget,
+                        help="a guard: stop early (and warn) if the steps do not fit in this wall time")
+    parser.add_argument("--scenes", type=int, default=20000, help="training images rendered and encoded")
+    parser.add_argument("--unet-steps", type=positive_int("--unet-steps", 10**6), default=UNET_STEPS)
+    parser.add_argument("--unet-batch", type=int, default=64)
+    parser.add_argument("--unet-lr", type=float, default=1e-3)
+    parser.add_argument("--threads", type=int, default=2)
+    return parser
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, required=True, help="folder to write (must not exist)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--minutes-budget", type=float, default=44.5,
-                        help="a guard: stop early (and warn) if the steps do not fit in this wall time")
-    parser.add_argument("--scenes", type=int, default=20000, help="training images rendered and encoded")
+    parser = recipe_parser(__doc__.split("\n\n")[0], minutes_budget=44.5)
     parser.add_argument("--vae-steps", type=positive_int("--vae-steps", 10**6), default=600)
-    parser.add_argument("--unet-steps", type=positive_int("--unet-steps", 10**6), default=UNET_STEPS)
     parser.add_argument("--vae-batch", type=int, default=16)
-    parser.add_argument("--unet-batch", type=int, default=64)
     parser.add_argument("--vae-lr", type=float, default=2e-3)
-    parser.add_argument("--unet-lr", type=float, default=1e-3)
     parser.add_argument("--latent-penalty", type=float, default=1e-5, help="weight of the mean squared latent")
-    parser.add_argument("--threads", type=int, default=2)
+    run_staged(parser, train, "train_shapes")
+
+
+def run_staged(parser: argparse.ArgumentParser, train_into, name: str) -> None:
+    """Parse the arguments and run ``train_into(staged_folder, args)``; the folder becomes ``--out``
+    only when complete, and a signal or an error leaves neither it nor its staging behind."""
     args = parser.parse_args()
     if args.out.exists():
         parser.error(f"--out {args.out} already exists; give a new folder")
@@ -299,18 +329,18 @@ def main() -> None:
         clear_stale_staging(args.out)  # left by a run that was killed outright
         staged = staging_path(args.out, "folder")
         try:
-            train(staged, args)
+            train_into(staged, args)
             staged.rename(args.out)
         except BaseException:
             remove_entry(staged)
             raise
     except KeyboardInterrupt as interruption:
         terminated = isinstance(interruption, Terminated)
-        print(f"train_shapes: {'terminated' if terminated else 'interrupted'}; nothing was written to {args.out}",
+        print(f"{name}: {'terminated' if terminated else 'interrupted'}; nothing was written to {args.out}",
               file=sys.stderr)
         sys.exit(128 + (signal.SIGTERM if terminated else signal.SIGINT))
     except OSError as error:
-        sys.exit(f"train_shapes: error: {os_error_line(error, 'write the model folder', args.out)}")
+        sys.exit(f"{name}: error: {os_error_line(error, 'write the model folder', args.out)}")
 
 
 def train(out: Path, args) -> None:
@@ -333,7 +363,10 @@ def train(out: Path, args) -> None:
     latents = encode_latents(vae, images, log)
     write_tokenizer_folder(out / "tokenizer")
     tokenizer = CLIPTokenizer.from_pretrained(out / "tokenizer")
-    unet, text_encoder = train_unet_and_text_encoder(latents, captions, tokenizer, deadline, args, log, generator)
+    torch.manual_seed(args.seed + 1)
+    text_encoder = new_text_encoder()
+    unet, text_encoder = train_unet(latents, token_ids(tokenizer, captions), token_ids(tokenizer, [""])[0],
+                                    text_encoder, deadline, args, log, generator, train_text_encoder=True)
     log.notes["fp16_rounding_relative_error"] = fp16_rounding_error(unet, latents, generator)
     started = time.monotonic()
     save_folder(out, vae, unet, text_encoder)
