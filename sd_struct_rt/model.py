@@ -20,7 +20,7 @@ from .files import clear_stale_staging, exclusive_lock, lock_path_for, remove_en
 from .paths import cache_dir
 
 # ``shapes`` ships its trained weights; the others are configs whose weights are seeded.
-EMBEDDED_MODELS = ("tiny", "tiny-sd2", "tiny-sdxl", "shapes")
+EMBEDDED_MODELS = ("tiny", "tiny-sd2", "tiny-sdxl", "shapes", "shapes-clip")
 # Seeded weights of an embedded model are a pure function of its configs and this seed.
 MATERIALISE_SEED = 20230222
 # The seed offset of each part's weights; a part keeps its offset for ever, so that the weights

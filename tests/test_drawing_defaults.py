@@ -9,6 +9,7 @@ from tests.hardening import one_error_line, run_sdrt
 from sd_struct_rt import StructuredDiffusionPipeline, UserError
 from sd_struct_rt.cli import main
 from sd_struct_rt.model import DRAWING_DEFAULTS_NAME, resolve_model_folder
+from sd_struct_rt.shapes import MODELS
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +22,7 @@ def tiny_with_defaults(tmp_path_factory):
 
 
 def test_the_shapes_models_record_what_they_draw_best_at():
-    for name in ("shapes",):
+    for name in MODELS:
         pipe = StructuredDiffusionPipeline.from_pretrained(name)
         assert pipe.drawing_defaults == {"num_inference_steps": 30, "guidance_scale": 3.0}
 

@@ -1,4 +1,4 @@
-"""The shipped ``shapes`` model: an SD 1.x folder under 16 MB, loaded in float32, that draws what it is asked."""
+"""The shipped shapes models: SD 1.x folders under 16 MB, loaded in float32, that draw what they are asked."""
 
 from pathlib import Path
 
@@ -6,17 +6,19 @@ import pytest
 import torch
 
 from sd_struct_rt.model import embedded_config_root, load_model
-from sd_struct_rt.shapes import scorer
+from sd_struct_rt.shapes import MODELS, scorer
 
 
-def test_what_ships_in_the_package_fits_in_16_mb_and_holds_no_vocabulary():
-    files = [path for path in Path(str(embedded_config_root("shapes"))).rglob("*") if path.is_file()]
+@pytest.mark.parametrize("name", MODELS)
+def test_what_ships_in_the_package_fits_in_16_mb_and_holds_no_vocabulary(name):
+    files = [path for path in Path(str(embedded_config_root(name))).rglob("*") if path.is_file()]
     assert sum(path.stat().st_size for path in files) <= 16_000_000
     assert {path.suffix for path in files} == {".json", ".safetensors"}
 
 
-def test_fp16_files_load_as_a_float32_sd1_model():
-    model = load_model("shapes")
+@pytest.mark.parametrize("name", MODELS)
+def test_fp16_files_load_as_a_float32_sd1_model(name):
+    model = load_model(name)
     for network in (model.unet, model.vae, model.text_encoder):
         assert {parameter.dtype for parameter in network.parameters()} == {torch.float32}
     assert (model.facts.default_size, model.facts.size_step, model.facts.vae_scale_factor) == (64, 16, 4)
@@ -30,13 +32,17 @@ def shapes_pipe():
     return StructuredDiffusionPipeline.from_pretrained("shapes")
 
 
-def test_single_objects_come_out_with_their_colour_and_shape(shapes_pipe):
+@pytest.mark.parametrize("name", MODELS)
+def test_single_objects_come_out_with_their_colour_and_shape(name):
+    from sd_struct_rt import StructuredDiffusionPipeline
+
     # One prompt per colour; the full evaluation (benchmarks/results/shapes_eval_*.json) got
     # 77 of 84 single-object images exact at this guidance, so 5 of 7 leaves room for
     # arithmetic that differs between CPUs.
     prompts = ["a red circle", "a yellow square", "a green triangle", "a cyan circle", "a blue square",
                "a purple triangle", "a black circle"]
-    images = shapes_pipe(prompts, seed=1000, num_inference_steps=30, guidance_scale=3.0, mode="plain").images
+    # The folder's own defaults (30 steps at guidance 3) draw them.
+    images = StructuredDiffusionPipeline.from_pretrained(name)(prompts, seed=1000, mode="plain").images
     assert all(image.size == (64, 64) for image in images)
     exact = [prompt for prompt, image in zip(prompts, images) if scorer.score_image(prompt, image).exact]
     assert len(exact) >= 5, exact
