@@ -183,8 +183,9 @@ class StructuredDiffusionPipeline:
     def drawing_defaults(self) -> dict[str, Any]:
         """Steps and guidance scale when a call gives none: what the model folder records
         (``sdrt_defaults.json``), else SD's usual 50 and 7.5."""
-        return {"num_inference_steps": self.facts.default_steps or DEFAULT_STEPS,
-                "guidance_scale": self.facts.default_guidance_scale or DEFAULT_GUIDANCE_SCALE}
+        steps, guidance = self.facts.default_steps, self.facts.default_guidance_scale
+        return {"num_inference_steps": DEFAULT_STEPS if steps is None else steps,
+                "guidance_scale": DEFAULT_GUIDANCE_SCALE if guidance is None else guidance}
 
     @property
     def max_levels(self) -> int:

@@ -21,6 +21,6 @@ def test_the_demo_image_shows_the_prompts_objects_in_their_colours(tmp_path):
     assert main(["build-engine", "--model", settings["DEMO_MODEL"], "--backend", "auto", "--out", str(engines),
                  "--quiet"]) == 0
     assert main(["generate", settings["DEMO_PROMPT"], "--engine", str(engines), "--seed", settings["DEMO_SEED"],
-                 "--guidance", settings["DEMO_GUIDANCE"], "--out", str(image), "--quiet"]) == 0
+                 "--out", str(image), "--quiet"]) == 0
     judgement = score_image(settings["DEMO_PROMPT"], Image.open(image))
     assert judgement.exact, judgement
