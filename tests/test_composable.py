@@ -90,7 +90,7 @@ def test_an_unknown_mode_names_every_choice(pipe):
         pipe(PROMPT, mode="sum")
 
 
-def test_onnxruntime_engines_draw_what_the_torch_reference_draws(pipe, tiny_engines, monkeypatch):
+def test_onnxruntime_engines_draw_what_the_torch_reference_and_the_loop_draw(pipe, tiny, tiny_engines, monkeypatch):
     engines = StructuredDiffusionPipeline.from_engines(tiny_engines)
     rows = unet_rows(engines, monkeypatch)
     prompts = [PROMPT, "a small blue bird on a big green tree"]
@@ -98,6 +98,8 @@ def test_onnxruntime_engines_draw_what_the_torch_reference_draws(pipe, tiny_engi
     built = engines(prompts, seed=1, mode="composable", **SETTINGS)
     for ours, theirs in zip(built.images, reference.images):
         assert psnr(ours, theirs) >= 35
+    assert [entry["text"] for entry in json.loads(built.metadata[0]["phrases"])] == PHRASES
+    assert psnr(built.images[0], from_scratch(tiny, [PROMPT, *PHRASES], 1, 4, 3.0, 64)) >= 35
     needed = 2 + sum(1 + len(json.loads(metadata["phrases"])) for metadata in built.metadata)
     # The set's profile holds 2 prompts, 4 rows: a step of more rows is several full calls.
     assert engines.unet_rows == 4 and needed > 4
