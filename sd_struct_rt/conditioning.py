@@ -17,7 +17,6 @@ import torch
 from .modes import MODES, uses_structure
 from .structure.spans import PhraseSpan, StructuredPrompt
 
-DEFAULT_MAX_LEVELS = 8
 # texts -> their [M, T, D] embeddings and, for families whose UNet reads them, pooled [M, P] ones
 TextEncoder = Callable[[list[str]], "tuple[torch.Tensor, torch.Tensor | None]"]
 

@@ -17,10 +17,7 @@ from typing import Callable, Mapping, NamedTuple, Sequence
 import torch
 
 from .errors import InputError, UserError
-from .inputs import MAX_SIDE, MIN_SIDE
-
-MAX_PROFILE_BATCH = 64  # prompts per call, as --batch-size allows
-MAX_LEVELS = 64
+from .inputs import MAX_BATCH, MAX_LEVELS, MAX_SIDE, MIN_SIDE
 
 
 class Axis(NamedTuple):
@@ -106,8 +103,8 @@ class Profile:
 
     def __post_init__(self):
         low, high = self.batch
-        if not 1 <= low <= high <= MAX_PROFILE_BATCH:
-            raise InputError(f"batch range {low}:{high} must have 1 <= MIN <= MAX <= {MAX_PROFILE_BATCH}")
+        if not 1 <= low <= high <= MAX_BATCH:
+            raise InputError(f"batch range {low}:{high} must have 1 <= MIN <= MAX <= {MAX_BATCH}")
         low, high = self.size
         if not MIN_SIDE <= low <= high <= MAX_SIDE:
             raise InputError(f"size range {low}:{high} must have {MIN_SIDE} <= MIN <= MAX <= {MAX_SIDE}")

@@ -16,6 +16,11 @@ from .errors import InputError
 MIN_SIDE, MAX_SIDE = 64, 2048
 MAX_STEPS = 1000
 MAX_SEED = 2**63 - 1
+# Levels per prompt, the full prompt included: the most any pipeline or engine takes, and what a
+# call caps them at unless it asks for more (extra phrases are dropped with a warning).
+MAX_LEVELS = 64
+DEFAULT_MAX_LEVELS = 8
+MAX_BATCH = 64  # prompts per call: --batch-size, and an engine profile's batch range
 
 
 def whole_number(value: object, name: str, low: int, high: int, hint: str = "") -> int:

@@ -29,10 +29,11 @@ import torch
 from PIL import Image
 
 from . import __version__, inputs
+from .inputs import DEFAULT_MAX_LEVELS, MAX_LEVELS
 from .attention import AttentionRecorder, StructuredUNet
 from .attention_maps import named_maps
 from .backends import Networks, OpenOptions
-from .conditioning import DEFAULT_MAX_LEVELS, Conditioning, build_conditioning
+from .conditioning import Conditioning, build_conditioning
 from .contract import ModelFacts
 from .errors import InputError, UserError
 from .families import Family
@@ -46,7 +47,6 @@ from .structure.parsers import PARSERS, Parser, make_parser
 from .structure.spans import StructuredPrompt, capped
 from .text import preprocess
 
-MAX_LEVELS = 64
 # What a call with no steps or guidance uses when the model folder records none (SD's own).
 DEFAULT_STEPS = 50
 DEFAULT_GUIDANCE_SCALE = 7.5

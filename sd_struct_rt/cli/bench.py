@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..backends import names
 from ..errors import UserError
+from ..inputs import MAX_LEVELS
 from . import options
 
 EXAMPLE = """examples:
@@ -30,7 +31,7 @@ def add_to(commands) -> None:
                         help="auto: the best engine backend here; engines are built into the cache on "
                              "first use unless --engine is given [default: auto]")
     parser.add_argument("--engine", type=Path, metavar="DIR", help="measure this engine set")
-    parser.add_argument("--levels", type=options.positive_int("levels", 64), default=4,
+    parser.add_argument("--levels", type=options.positive_int("levels", MAX_LEVELS), default=4,
                         help="levels of the structured UNet call [default: 4]")
     parser.add_argument("--steps", type=options.steps_option(), default=10,
                         help="denoising steps of the end-to-end runs [default: 10]")

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..backends import REGISTRY, names
+from ..inputs import MAX_LEVELS
 from . import options
 
 EXAMPLE = """examples:
@@ -37,7 +38,7 @@ def add_to(commands) -> None:
                         help="prompts per call the engines accept [default: 1:4]")
     parser.add_argument("--size", type=options.int_range("--size"), metavar="MIN:MAX",
                         help="image side in pixels, multiples of 64 [default: 64:the model's size]")
-    parser.add_argument("--levels", type=options.positive_int("levels", 64), default=8,
+    parser.add_argument("--levels", type=options.positive_int("levels", MAX_LEVELS), default=8,
                         help="most levels per prompt, the full prompt included [default: 8]")
     parser.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default=None,
                         help="engine precision [default: the backend's: fp16 for TensorRT, fp32 for ONNX Runtime]")

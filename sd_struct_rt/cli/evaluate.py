@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from ..errors import UserError
+from ..inputs import MAX_BATCH
 from . import options
 
 DEFAULT_MODES = "plain,values,keys,composable"  # ordinary SD first, as the baseline
@@ -50,7 +51,7 @@ def add_to(commands) -> None:
                              "[default: shapes for the shapes models, else none]")
     options.add_drawing_options(parser)
     options.add_scheduler_option(parser)
-    parser.add_argument("--batch-size", type=options.positive_int("batch-size", 64), default=8,
+    parser.add_argument("--batch-size", type=options.positive_int("batch-size", MAX_BATCH), default=8,
                         help="prompts per denoising loop [default: 8]")
     parser.add_argument("--out", type=Path, metavar="FILE.json", help="the results JSON")
     parser.add_argument("--sheet", type=options.png_path, metavar="FILE.png",

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..backends import names
 from ..errors import UserError
+from ..inputs import MAX_BATCH
 from . import options
 
 EXAMPLE = """example:
@@ -50,7 +51,7 @@ def add_to(commands) -> None:
     batch = parser.add_argument_group("many prompts")
     batch.add_argument("--prompts-file", type=Path, metavar="FILE",
                        help="one prompt per line; prompt i (from 0) gets seed SEED+i whatever the batch size")
-    batch.add_argument("--batch-size", type=options.positive_int("batch-size", 64), default=1,
+    batch.add_argument("--batch-size", type=options.positive_int("batch-size", MAX_BATCH), default=1,
                        help="prompts per denoising loop; rows may hold different numbers of levels [default: 1]")
     batch.add_argument("--out-dir", type=Path, metavar="DIR",
                        help="folder for the PNGs of --prompts-file, named NNNN-prompt.png")

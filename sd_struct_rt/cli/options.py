@@ -132,7 +132,7 @@ def embedded_drawing_defaults() -> dict[str, dict]:
 
 
 def add_structure_options(parser: argparse.ArgumentParser, with_plain: bool) -> None:
-    from ..conditioning import DEFAULT_MAX_LEVELS
+    from ..inputs import DEFAULT_MAX_LEVELS, MAX_LEVELS
     from ..modes import MODES
     from ..structure.parsers import DEFAULT_SPACY_MODEL, PARSERS
 
@@ -143,7 +143,7 @@ def add_structure_options(parser: argparse.ArgumentParser, with_plain: bool) -> 
                                 "default); keys: one key set per level (the paper's --conjunction); "
                                 "plain: ordinary Stable Diffusion; composable: Composable Diffusion over the "
                                 "phrases, one UNet row each plus the full prompt [default: values]")
-        group.add_argument("--max-levels", type=positive_int("max-levels", 64), default=DEFAULT_MAX_LEVELS,
+        group.add_argument("--max-levels", type=positive_int("max-levels", MAX_LEVELS), default=DEFAULT_MAX_LEVELS,
                            help="levels per prompt including the full prompt; extra phrases are dropped "
                                 f"with a warning [default: {DEFAULT_MAX_LEVELS}]")
     group.add_argument("--parser", choices=PARSERS,
