@@ -2,7 +2,7 @@
 
 Rows are laid out as diffusers does for classifier-free guidance: the unconditional rows of
 every prompt first, then the conditional ones. Rows may hold different numbers of levels;
-shorter ones are zero-padded and masked (SPEC P3, P4). In ``composable`` mode (SPEC 3.4) a
+shorter ones are zero-padded and masked (SPEC P3, P4). In ``composable`` mode (SPEC 3.6) a
 prompt has one conditional row per component instead (its full prompt, then each phrase),
 each a single level.
 """

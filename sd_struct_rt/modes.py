@@ -3,7 +3,7 @@
 A *role* is what a structured UNet computes (SPEC 4): ``values`` averages the value levels,
 ``keys`` gives each level its own keys. A *mode* is what a caller asks for. ``values`` and
 ``keys`` run the UNet of that role. ``plain`` (ordinary SD) and ``composable`` (Composable
-Diffusion, SPEC 3.4) give every UNet row a single level, which either role computes exactly
+Diffusion, SPEC 3.6) give every UNet row a single level, which either role computes exactly
 (SPEC P1), so any UNet serves them.
 """
 

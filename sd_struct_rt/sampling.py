@@ -29,7 +29,7 @@ class DenoisingRun:
     Classifier-free guidance: ``model_input`` gives the UNet rows, the unconditional ones, then
     the conditional; ``advance`` takes the UNet's prediction for exactly those rows. With
     ``conditional_rows`` (composable mode: prompt ``i`` has that many conditional rows) the
-    guidance sums over them: ``eps_u + w * sum_j (eps_j - eps_u)`` (SPEC 3.4). Runs are
+    guidance sums over them: ``eps_u + w * sum_j (eps_j - eps_u)`` (SPEC 3.6). Runs are
     independent, so a server can put the rows of many runs, at different timesteps, into one
     UNet call (in-flight batching).
 
