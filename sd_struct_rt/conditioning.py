@@ -40,10 +40,10 @@ class Conditioning:
     def levels_per_row(self) -> list[int]:
         return [int(count) for count in self.level_mask.sum(dim=1)]
 
-    def rows(self, start: int, stop: int) -> "Conditioning":
-        """UNet rows ``start:stop`` alone, for a call split to fit an engine's batch."""
-        return Conditioning(self.encoder_hidden_states[start:stop], self.level_states[start:stop],
-                            self.level_mask[start:stop], None if self.pooled is None else self.pooled[start:stop])
+    def rows(self, index: torch.Tensor) -> "Conditioning":
+        """The UNet rows ``index`` alone, for a call split to fit an engine's batch."""
+        return Conditioning(self.encoder_hidden_states[index], self.level_states[index], self.level_mask[index],
+                            None if self.pooled is None else self.pooled[index])
 
 
 def aligned(full: torch.Tensor, phrase: torch.Tensor, span: PhraseSpan) -> torch.Tensor:

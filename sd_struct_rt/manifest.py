@@ -10,6 +10,7 @@ is one line naming the field or file and what to do.
 from __future__ import annotations
 
 import hashlib
+import math
 import json
 import os
 import re
@@ -22,6 +23,7 @@ from . import __version__
 from .contract import ModelFacts, Profile
 from .errors import InputError, UserError
 from .files import STAGING_MARK, os_error_line
+from .inputs import MAX_STEPS
 
 MANIFEST_NAME = "manifest.json"
 # 2: the model's facts (family, text width, sizes) replace the SD 1.x-only model_config.
@@ -94,6 +96,12 @@ def _problems(manifest: Manifest) -> list[str]:
                  "tokens"):
         if getattr(facts, name) < 1:
             problems.append(f"field model_facts.{name} must be positive, not {getattr(facts, name)}")
+    if facts.default_steps is not None and not 1 <= facts.default_steps <= MAX_STEPS:
+        problems.append(f"field model_facts.default_steps must be between 1 and {MAX_STEPS}, "
+                        f"not {facts.default_steps}")
+    if facts.default_guidance_scale is not None and not 0 <= facts.default_guidance_scale < math.inf:
+        problems.append(f"field model_facts.default_guidance_scale must be 0 or more, "
+                        f"not {facts.default_guidance_scale}")
     if facts.size_step >= 1:
         try:
             manifest.profile.require_size_step(facts.size_step)

@@ -266,7 +266,11 @@ class StructuredDiffusionPipeline:
         return tuple(int(factor) for factor in chosen)
 
     def recording_unet(self, mode: str) -> StructuredUNet:
-        """The torch UNet that records attention; engines do not expose theirs."""
+        """The torch UNet that records attention; engines do not expose theirs. The recorder reads
+        one conditional row per prompt, which composable mode does not have."""
+        if mode == "composable":
+            raise InputError("attention maps need one conditional row per prompt; mode 'composable' has one per "
+                             "phrase: use values, keys or plain")
         module = getattr(self.unet_for(mode)[1], "module", None)
         if not isinstance(module, StructuredUNet):
             raise InputError("attention maps need the torch reference (StructuredDiffusionPipeline.from_pretrained); "
@@ -416,20 +420,30 @@ class StructuredDiffusionPipeline:
     def predict_noise(self, sample: torch.Tensor, timestep: torch.Tensor, conditioning: Conditioning,
                       mode: str) -> torch.Tensor:
         """The UNet on every row: unconditional rows first, then conditional. An engine set takes
-        at most ``unet_rows`` rows a call (composable prompts can need more), so longer batches
-        run as several calls; rows are independent, so this changes no row's result."""
+        ``unet_rows`` rows a call (composable prompts can need more), so a longer batch runs as
+        calls of the most rows, and a last call short of the least is filled up with copies of
+        its last row, whose outputs are dropped: rows are independent, so no row's result changes."""
         role, unet = self.unet_for(mode)
-        limit = self.unet_rows or sample.shape[0]
-        parts = [_only_output(unet(**self.family.unet_inputs(
-            sample[start:start + limit], timestep[start:start + limit],
-            conditioning if limit >= sample.shape[0] else conditioning.rows(start, start + limit), role, self.facts)))
-            for start in range(0, sample.shape[0], limit)]
-        return parts[0] if len(parts) == 1 else torch.cat(parts)
+        rows = sample.shape[0]
+        least, most = self.unet_rows or (1, rows)
+        if rows <= most:
+            return _only_output(unet(**self.family.unet_inputs(sample, timestep, conditioning, role, self.facts)))
+        parts = []
+        for start in range(0, rows, most):
+            index = torch.arange(start, min(start + most, rows))
+            taken = torch.cat([index, index[-1:].repeat(max(0, least - len(index)))])
+            noise = _only_output(unet(**self.family.unet_inputs(sample[taken], timestep[taken],
+                                                                conditioning.rows(taken), role, self.facts)))
+            parts.append(noise[:len(index)])
+        return torch.cat(parts)
 
     @property
-    def unet_rows(self) -> int | None:
-        """Most UNet rows in one call: an engine profile's (two per prompt), or None (no limit)."""
-        return 2 * self.engine_set.manifest.profile.batch[1] if self.engine_set else None
+    def unet_rows(self) -> tuple[int, int] | None:
+        """Least and most UNet rows in one call: an engine profile's (two per prompt), or None."""
+        if self.engine_set is None:
+            return None
+        low, high = self.engine_set.manifest.profile.batch
+        return 2 * low, 2 * high
 
     def denoising_run(self, request: Request, latents: torch.Tensor, conditioning: Conditioning,
                       generators: list[torch.Generator] | None = None,

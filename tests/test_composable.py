@@ -102,10 +102,27 @@ def test_onnxruntime_engines_draw_what_the_torch_reference_and_the_loop_draw(pip
     assert psnr(built.images[0], from_scratch(tiny, [PROMPT, *PHRASES], 1, 4, 3.0, 64)) >= 35
     needed = 2 + sum(1 + len(json.loads(metadata["phrases"])) for metadata in built.metadata)
     # The set's profile holds 2 prompts, 4 rows: a step of more rows is several full calls.
-    assert engines.unet_rows == 4 and needed > 4
+    assert engines.unet_rows == (2, 4) and needed > 4
     calls_per_step = -(-needed // 4)
     assert len(rows) % calls_per_step == 0
     assert rows[:calls_per_step] == [4] * (needed // 4) + ([needed % 4] if needed % 4 else [])
+
+
+def test_a_short_last_call_is_filled_up_to_the_engines_least_rows(pipe, tiny_engines, monkeypatch):
+    """TensorRT refuses fewer rows than its profile's least; ONNX Runtime would not notice."""
+    engines = StructuredDiffusionPipeline.from_engines(tiny_engines)
+    rows = unet_rows(engines, monkeypatch)
+    prompts = ["a red car and a cat", "a red car"]  # one phrase, then none: 2 + 2 + 1 = 5 rows
+    built = engines(prompts, seed=4, mode="composable", phrases=["a red car"], **SETTINGS)
+    assert rows[:2] == [4, 2] and set(rows) == {4, 2}  # 4 + 1, the one row sent twice
+    reference = pipe(prompts, seed=4, mode="composable", phrases=["a red car"], **SETTINGS)
+    for ours, theirs in zip(built.images, reference.images):
+        assert psnr(ours, theirs) >= 35
+
+
+def test_attention_maps_are_refused_in_composable_mode(pipe):
+    with pytest.raises(InputError, match="attention maps need one conditional row per prompt"):
+        pipe(PROMPT, mode="composable", attention_maps=True, **SETTINGS)
 
 
 def test_the_batcher_serves_composable_requests_beside_others(pipe):

@@ -54,6 +54,11 @@ def test_an_engine_set_carries_its_models_defaults(tiny_with_defaults, tmp_path)
 
     with Image.open(image) as picture:
         assert (picture.text["steps"], picture.text["guidance"]) == ("3", "2.5")
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["model_facts"]["default_steps"] = 0  # a hand-edited set is refused, not run with 0 steps
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match="model_facts.default_steps must be between 1 and 1000, not 0"):
+        StructuredDiffusionPipeline.from_engines(out)
 
 
 @pytest.mark.parametrize("content, reason", [
