@@ -10,7 +10,6 @@ is one line naming the field or file and what to do.
 from __future__ import annotations
 
 import hashlib
-import math
 import json
 import os
 import re
@@ -19,11 +18,10 @@ import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 
-from . import __version__
+from . import __version__, inputs
 from .contract import ModelFacts, Profile
 from .errors import InputError, UserError
 from .files import STAGING_MARK, os_error_line
-from .inputs import MAX_STEPS
 
 MANIFEST_NAME = "manifest.json"
 # 2: the model's facts (family, text width, sizes) replace the SD 1.x-only model_config.
@@ -96,12 +94,12 @@ def _problems(manifest: Manifest) -> list[str]:
                  "tokens"):
         if getattr(facts, name) < 1:
             problems.append(f"field model_facts.{name} must be positive, not {getattr(facts, name)}")
-    if facts.default_steps is not None and not 1 <= facts.default_steps <= MAX_STEPS:
-        problems.append(f"field model_facts.default_steps must be between 1 and {MAX_STEPS}, "
-                        f"not {facts.default_steps}")
-    if facts.default_guidance_scale is not None and not 0 <= facts.default_guidance_scale < math.inf:
-        problems.append(f"field model_facts.default_guidance_scale must be 0 or more, "
-                        f"not {facts.default_guidance_scale}")
+    for name, check in (("default_steps", inputs.steps), ("default_guidance_scale", inputs.guidance)):
+        if getattr(facts, name) is not None:
+            try:  # the rule a caller's own value meets
+                check(getattr(facts, name), f"field model_facts.{name}")
+            except InputError as error:
+                problems.append(str(error))
     if facts.size_step >= 1:
         try:
             manifest.profile.require_size_step(facts.size_step)

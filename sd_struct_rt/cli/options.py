@@ -110,16 +110,13 @@ def add_drawing_options(parser: argparse.ArgumentParser) -> None:
     from ..pipeline import DEFAULT_GUIDANCE_SCALE, DEFAULT_STEPS
 
     recorded = embedded_drawing_defaults()
-    known = "; ".join(f"{name}: {facts['default_steps']}" for name, facts in recorded.items()
-                      if "default_steps" in facts)
-    parser.add_argument("--steps", type=steps_option(), default=None,
-                        help=f"denoising steps [default: the model folder's own ({known or 'none embedded'}), "
-                             f"else {DEFAULT_STEPS}]")
-    known = "; ".join(f"{name}: {facts['default_guidance_scale']:g}" for name, facts in recorded.items()
-                      if "default_guidance_scale" in facts)
-    parser.add_argument("--guidance", type=guidance, default=None,
-                        help=f"classifier-free guidance scale [default: the model folder's own "
-                             f"({known or 'none embedded'}), else {DEFAULT_GUIDANCE_SCALE:g}]")
+    for flag, kind, field, fallback, what in (("--steps", steps_option(), "default_steps", DEFAULT_STEPS,
+                                               "denoising steps"),
+                                              ("--guidance", guidance, "default_guidance_scale",
+                                               DEFAULT_GUIDANCE_SCALE, "classifier-free guidance scale")):
+        known = "; ".join(f"{name}: {facts[field]:g}" for name, facts in recorded.items() if field in facts)
+        parser.add_argument(flag, type=kind, default=None, help=f"{what} [default: the model folder's own "
+                                                                 f"({known or 'none embedded'}), else {fallback:g}]")
 
 
 def embedded_drawing_defaults() -> dict[str, dict]:
