@@ -8,7 +8,7 @@ runtime runs that graph, batch 2 (one prompt with guidance) with 4 levels, and w
 (plain SD), all interleaved in one process: medians with their spread, ratios from one run.
 
 FLOPs of a call are counted from the graph's own MatMul/Gemm/Conv nodes at the call's shapes
-(export/flops.py); achieved GFLOP/s is that over the median time, against the GEMM ceiling: the
+(sd_struct_rt/export/flops.py); achieved GFLOP/s is that over the median time, against the GEMM ceiling: the
 best rate torch's own large matrix products reach here in fp32 and bf16, measured in the same
 run. A peak from the clock would need the boost clock and the vector units' width, which a VM
 does not report truthfully (cpuinfo's nominal clock gives a 'peak' the runtimes exceed).

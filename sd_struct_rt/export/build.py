@@ -12,15 +12,14 @@ import os
 import shutil
 from pathlib import Path
 
-from sd_struct_rt import __version__
-from sd_struct_rt.backends import BuildOptions, EngineBackend, Stage, engine_backend, require_available
-from sd_struct_rt.contract import Profile
-from sd_struct_rt.errors import InputError, UserError
-from sd_struct_rt.families import COMPONENTS
-from sd_struct_rt.files import (clear_stale_staging, exclusive_lock, lock_path_for, remove_entry, reporting,
-                                staged_prefix, staging_path)
-from sd_struct_rt.manifest import (MANIFEST_NAME, Manifest, OutdatedManifest, file_sha256, foreign_entries,
-                                   read_manifest)
+from .. import __version__
+from ..backends import BuildOptions, EngineBackend, Stage, engine_backend, require_available
+from ..contract import Profile
+from ..errors import InputError, UserError
+from ..families import COMPONENTS
+from ..files import (clear_stale_staging, exclusive_lock, lock_path_for, remove_entry, reporting, staged_prefix,
+                     staging_path)
+from ..manifest import MANIFEST_NAME, Manifest, OutdatedManifest, file_sha256, foreign_entries, read_manifest
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt")
 # Stages every build announces besides its backend's own: load, three exports, graph checks, manifest.
@@ -111,8 +110,8 @@ def build_engine_set(model_ref: str, backend_name: str, mode: str, profile: Prof
                      destination: Path, stage: Stage = lambda name: None,
                      options: BuildOptions = BuildOptions()) -> Manifest:
     """Export ``model_ref`` and build its engines for ``backend_name`` into ``destination``."""
-    from sd_struct_rt.families import family_named
-    from sd_struct_rt.model import load_model, model_facts
+    from ..families import family_named
+    from ..model import load_model, model_facts
 
     from .onnx_export import EXPORTER, OPSET, export_graphs
 

@@ -13,9 +13,9 @@ from typing import Callable, Mapping
 
 import torch
 
-from sd_struct_rt.contract import ShapeRange
-from sd_struct_rt.errors import UserError
-from sd_struct_rt.files import atomic_path
+from ..contract import ShapeRange
+from ..errors import UserError
+from ..files import atomic_path
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 OPTIMIZATION_LEVELS = range(6)  # TensorRT's builder optimization levels

@@ -44,8 +44,8 @@ import onnxscript.optimizer
 import torch
 from torch import nn
 
-from sd_struct_rt.contract import NetworkContract
-from sd_struct_rt.families import COMPONENTS, Family
+from ..contract import NetworkContract
+from ..families import COMPONENTS, Family
 
 EXPORTER = "torchscript"
 OPSET = 17

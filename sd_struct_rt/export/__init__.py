@@ -1,0 +1,1 @@
+"""Export stage: the structured UNet, text encoder and VAE to ONNX, and engines built from them."""
