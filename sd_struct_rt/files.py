@@ -1,4 +1,4 @@
-"""Writing safely: staging names, atomic renames, locks, stale leftovers, and one-line OS errors.
+"""Writing safely: staging names, atomic renames, locks, stale leftovers, one-line OS errors, digests.
 
 * Every file and folder we produce is first written under a **staging name** beside its target,
   ``.<name>.sdrt-<pid>-<random>.partial``, and renamed into place only when complete: a reader
@@ -9,6 +9,8 @@
 * A **lock file** lives only as long as the lock: it is removed before it is released.
 * An ``OSError`` while writing becomes one line naming what was being written, the path, and
   what to do (``os_error_line``).
+* ``file_sha256`` is the digest recorded of every file we write and check later: a model
+  cache's files and an engine set's artefacts.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import contextlib
 import errno
 import fcntl
 import glob
+import hashlib
 import os
 import re
 import shutil
@@ -203,3 +206,11 @@ def exclusive_lock(lock_path: Path, busy: str | None = None) -> Iterator[None]:
 
 def lock_path_for(target: Path) -> Path:
     return target.parent / f".{target.name[:MAX_STAGED_NAME]}.sdrt-lock"
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

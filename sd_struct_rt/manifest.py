@@ -21,21 +21,13 @@ from pathlib import Path, PurePosixPath
 from . import __version__, inputs
 from .contract import ModelFacts, Profile
 from .errors import InputError, UserError
-from .files import STAGING_MARK, os_error_line
+from .files import STAGING_MARK, file_sha256, os_error_line
 
 MANIFEST_NAME = "manifest.json"
 # 2: the model's facts (family, text width, sizes) replace the SD 1.x-only model_config.
 # 3: the UNet's timestep is float32 (exact fractional timesteps), no longer int64.
 FORMAT_VERSION = 3
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass

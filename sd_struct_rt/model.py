@@ -16,7 +16,8 @@ from importlib import resources
 from pathlib import Path
 
 from .errors import UserError
-from .files import clear_stale_staging, exclusive_lock, lock_path_for, remove_entry, reporting, staging_path
+from .files import (clear_stale_staging, exclusive_lock, file_sha256, lock_path_for, remove_entry, reporting,
+                    staging_path)
 from .paths import cache_dir
 
 # ``shapes`` ships its trained weights; the others are configs whose weights are seeded.
@@ -135,8 +136,6 @@ def read_drawing_defaults(folder: Path) -> dict:
 
 
 def _file_digests(folder: Path) -> dict[str, str]:
-    from .manifest import file_sha256
-
     return {path.relative_to(folder).as_posix(): file_sha256(path)
             for path in sorted(folder.rglob("*")) if path.is_file() and path.name != DIGESTS_NAME}
 

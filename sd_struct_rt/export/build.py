@@ -17,9 +17,9 @@ from ..backends import BuildOptions, EngineBackend, Stage, engine_backend, requi
 from ..contract import Profile
 from ..errors import InputError, UserError
 from ..families import COMPONENTS
-from ..files import (clear_stale_staging, exclusive_lock, lock_path_for, remove_entry, reporting, staged_prefix,
-                     staging_path)
-from ..manifest import MANIFEST_NAME, Manifest, OutdatedManifest, file_sha256, foreign_entries, read_manifest
+from ..files import (clear_stale_staging, exclusive_lock, file_sha256, lock_path_for, remove_entry, reporting,
+                     staged_prefix, staging_path)
+from ..manifest import MANIFEST_NAME, Manifest, OutdatedManifest, foreign_entries, read_manifest
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt")
 # Stages every build announces besides its backend's own: load, three exports, graph checks, manifest.
