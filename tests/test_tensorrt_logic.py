@@ -20,10 +20,10 @@ from onnx import TensorProto, helper
 
 from sd_struct_rt.backends import OpenOptions, engine_backend
 from sd_struct_rt.backends.tensorrt_backend import TrtEngine
+from sd_struct_rt.backends.tensorrt_build import (build_engine, device_description, make_progress_monitor, require_cuda,
+                                                  require_tensorrt)
 from sd_struct_rt.contract import ModelFacts, Profile, ShapeRange
 from sd_struct_rt.errors import UserError
-from sd_struct_rt.export.tensorrt_build import (build_engine, device_description, make_progress_monitor, require_cuda,
-                                                require_tensorrt)
 from sd_struct_rt.families import COMPONENTS
 from sd_struct_rt.families.sd1 import FAMILY
 

@@ -20,9 +20,8 @@ import torch
 
 from ..contract import ModelFacts, NetworkContract, Profile, ShapeRange
 from ..errors import UserError
-from ..export.tensorrt_build import (INSTALL_HINT, PRECISIONS, build_engine, device_description, require_cuda,
-                                     require_tensorrt)
 from . import BuildOptions, Networks, OpenOptions, Stage
+from .tensorrt_build import INSTALL_HINT, PRECISIONS, build_engine, device_description, require_cuda, require_tensorrt
 
 TORCH_DTYPES = {"FLOAT": torch.float32, "HALF": torch.float16, "BF16": torch.bfloat16,
                 "INT32": torch.int32, "INT64": torch.int64, "BOOL": torch.bool}
