@@ -217,7 +217,7 @@ def test_build_runs_the_fusable_attention_check_on_every_cross_attention(tmp_pat
 def test_check_engine_reports_polygraphys_verdict(engines):
     """A network that is a little off fails SPEC 7's gate, and Polygraphy's verdict says so."""
     from sd_struct_rt import StructuredDiffusionPipeline
-    from sd_struct_rt.export.check import compare_networks
+    from sd_struct_rt.engine_check import compare_networks
 
     reference = StructuredDiffusionPipeline.from_pretrained("tiny", device="cpu").networks.vae_decoder
     engine_pipe = StructuredDiffusionPipeline.from_engines(engines)

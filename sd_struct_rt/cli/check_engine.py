@@ -24,7 +24,7 @@ def add_to(commands) -> None:
 
 
 def run(args) -> None:
-    from ..export.check import check_engine_set
+    from ..engine_check import check_engine_set
 
     rows, passed = check_engine_set(args.engine, args.seed)
     print(f"{'component':<13} {'rel. error':>10} {'cosine':>10}  result  shapes")

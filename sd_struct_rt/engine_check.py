@@ -21,10 +21,10 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from ..backends import Network
-from ..contract import Axis, NetworkContract, Profile
-from ..errors import UserError
-from ..families import COMPONENTS
+from .backends import Network
+from .contract import Axis, NetworkContract, Profile
+from .errors import UserError
+from .families import COMPONENTS
 
 FLOAT32_MAX_RELATIVE_ERROR = 1e-4
 REDUCED_PRECISION_MIN_COSINE = 0.999
@@ -164,11 +164,10 @@ def compare_networks(reference: Network, candidate: Network, profile: Profile, p
 def check_engine_set(folder: Path, seed: int = 0) -> tuple[list[CheckRow], bool]:
     """Compare every engine of ``folder`` with the torch reference of the model it was built from,
     network by network (through Polygraphy) and on one whole generation."""
-    from ..manifest import read_manifest
-    from ..model import resolve_model_folder
-    from ..pipeline import StructuredDiffusionPipeline
-
-    from .build import weights_sha256
+    from .export.build import weights_sha256
+    from .manifest import read_manifest
+    from .model import resolve_model_folder
+    from .pipeline import StructuredDiffusionPipeline
 
     manifest = read_manifest(folder)
     engines = StructuredDiffusionPipeline.from_engines(folder)
