@@ -23,26 +23,21 @@ CONFIG = Path(__file__).parent / "configs" / "sdxl" / "unet" / "config.json"
 DTYPES = {"fp16": "float16", "fp32": "float32"}
 
 
-def sdxl_facts():
-    """SDXL base's facts, for its contract (in the child) and its graph checks (in the parent)."""
-    from sd_struct_rt.contract import ModelFacts
-
-    return ModelFacts(family="sdxl", text_width=2048, vocab_size=49408, vae_scale_factor=8, default_size=1024,
-                      size_step=32, pooled_width=1280, force_zeros_for_empty_prompt=True)
-
-
 def export(precision: str, folder: Path) -> None:
     """In the child: build the UNet and export it in values mode with SDXL's contract."""
     import torch
     from diffusers import UNet2DConditionModel
 
     from sd_struct_rt.attention import StructuredUNet
+    from sd_struct_rt.contract import ModelFacts
     from sd_struct_rt.export.onnx_export import export_network
     from sd_struct_rt.families.sdxl import ADDED_CONDITIONS, FAMILY
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel.from_config(json.loads(CONFIG.read_text())).eval().to(getattr(torch, DTYPES[precision]))
-    contract = FAMILY.networks(sdxl_facts(), "values")["unet"]
+    facts = ModelFacts(family="sdxl", text_width=2048, vocab_size=49408, vae_scale_factor=8, default_size=1024,
+                       size_step=32, pooled_width=1280, force_zeros_for_empty_prompt=True)
+    contract = FAMILY.networks(facts, "values")["unet"]
     print(json.dumps({"parameters": sum(p.numel() for p in unet.parameters()),
                       "cross_attentions": sum(1 for n, _ in unet.named_modules() if n.endswith("attn2"))}),
           flush=True)
@@ -75,7 +70,7 @@ def main() -> None:
             result.update(json.loads(child.stdout.strip().splitlines()[0]))
             files = list(Path(scratch).iterdir())
             result["graph_gb"] = round(sum(path.stat().st_size for path in files) / 1024 ** 3, 2)
-            check_graphs({"unet": Path(scratch) / "unet.onnx"}, result["cross_attentions"], sdxl_facts().tokens)
+            check_graphs({"unet": Path(scratch) / "unet.onnx"}, result["cross_attentions"])
             result["checks"] = "TensorRT operator support and fusable cross-attention: pass"
         else:
             result["error"] = child.stderr.strip().splitlines()[-1] if child.stderr.strip() else "killed"

@@ -191,7 +191,7 @@ def test_cuda_graphs_on_onnxruntime_engines_is_one_line(engines, tmp_path, capsy
 def test_a_graph_whose_cross_attention_would_not_fuse_is_refused(tmp_path, capsys, monkeypatch):
     from sd_struct_rt.export import graph_checks
 
-    def unfusable(graph, expected=None, key_length=None):
+    def unfusable(graph, expected=None):
         raise graph_checks.GraphCheckError("cross-attention TensorRT cannot fuse: attn2 output feeds Mul")
 
     monkeypatch.setattr(graph_checks, "check_fusable_cross_attention", unfusable)
@@ -208,8 +208,7 @@ def test_build_runs_the_fusable_attention_check_on_every_cross_attention(tmp_pat
     counted = []
     real = graph_checks.check_fusable_cross_attention
     monkeypatch.setattr(graph_checks, "check_fusable_cross_attention",
-                        lambda graph, expected=None, **options: counted.append(real(graph, expected, **options))
-                        or counted[-1])
+                        lambda graph, expected=None: counted.append(real(graph, expected)) or counted[-1])
     assert main(["build-engine", "--backend", "onnxruntime", "--mode", "keys", "--size", "64:64", "--quiet",
                  "--out", str(tmp_path / "keys")]) == 0
     assert counted == [16]

@@ -93,16 +93,15 @@ def planned_stages(backend: EngineBackend) -> int:
     return COMMON_STAGES + backend.build_stages
 
 
-def check_graphs(graphs: dict[str, Path], cross_attentions: int, key_length: int) -> None:
+def check_graphs(graphs: dict[str, Path], cross_attentions: int) -> None:
     """The graphs of every set are the ones TensorRT would take: they must parse there, and
-    every cross-attention (over ``key_length`` text positions) must stay the
-    MatMul-Softmax-MatMul that TensorRT fuses (SPEC 4)."""
+    every cross-attention must stay the MatMul-Softmax-MatMul that TensorRT fuses (SPEC 4)."""
     from .graph_checks import GraphCheckError, check_fusable_cross_attention, check_tensorrt_support
 
     try:
         for graph in graphs.values():
             check_tensorrt_support(graph)
-        check_fusable_cross_attention(graphs["unet"], expected=cross_attentions, key_length=key_length)
+        check_fusable_cross_attention(graphs["unet"], expected=cross_attentions)
     except GraphCheckError as error:
         raise UserError(f"the exported graphs fail a check, so no engine set was written: {error}") from None
 
@@ -137,7 +136,7 @@ def build_engine_set(model_ref: str, backend_name: str, mode: str, profile: Prof
             family = family_named(model.facts.family)
             graphs = export_graphs(model, family, mode, staging, stage)
             stage("checking the graphs")
-            check_graphs(graphs, family.cross_attention_count(model), model.facts.tokens)
+            check_graphs(graphs, family.cross_attention_count(model))
             contracts = family.networks(model.facts, mode)
             engine_files = backend.build(graphs, contracts, profile, model.facts, precision, staging, options, stage)
             stage("writing the manifest")

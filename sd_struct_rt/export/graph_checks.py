@@ -28,9 +28,8 @@ from onnx import numpy_helper
 # ranks, Loop scan lengths) are left to the parser, which reports them when the engine is built.
 TENSORRT_VERSION = "10.1"
 TENSORRT_OPSETS = range(9, 21)
-# Keys of a cross-attention when the caller names none: CLIP's 77 text positions. The build
-# passes its model's own (ModelFacts.tokens).
-CROSS_ATTENTION_KEY_LENGTH = 77
+# The UNet input whose positions are the cross-attention keys (SPEC 5): its length is the model's.
+TEXT_INPUT = "encoder_hidden_states"
 
 _P = onnx.TensorProto
 _TENSOR_TYPES = {_P.FLOAT, _P.FLOAT16, _P.BFLOAT16, _P.DOUBLE, _P.INT32, _P.INT64, _P.INT8, _P.INT4,
@@ -260,20 +259,29 @@ def _type_problems(graph: onnx.GraphProto) -> list[str]:
     return problems
 
 
-def _cross_attention_softmaxes(graph: onnx.GraphProto, key_length: int) -> list[onnx.NodeProto]:
+def _text_length(graph: onnx.GraphProto) -> int | None:
+    """The number of text positions the UNet graph reads (77 for CLIP), from its own text input."""
+    for value in graph.input:
+        if value.name == TEXT_INPUT and len(value.type.tensor_type.shape.dim) == 3:
+            return value.type.tensor_type.shape.dim[1].dim_value or None
+    return None
+
+
+def _cross_attention_softmaxes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    key_length = _text_length(graph)
     key_lengths = {value.name: value.type.tensor_type.shape.dim[-1].dim_value
                    for value in graph.value_info if value.type.tensor_type.shape.dim}
     return [node for node in graph.node if node.op_type == "Softmax"
-            and ("attn2" in node.name or key_lengths.get(node.output[0]) == key_length)]
+            and ("attn2" in node.name or (key_length is not None and key_lengths.get(node.output[0]) == key_length))]
 
 
-def check_fusable_cross_attention(model: onnx.ModelProto | Path | str, expected: int | None = None, *,
-                                  key_length: int = CROSS_ATTENTION_KEY_LENGTH) -> int:
+def check_fusable_cross_attention(model: onnx.ModelProto | Path | str, expected: int | None = None) -> int:
     """Check that every cross-attention of a UNet graph is ``MatMul -> Softmax -> MatMul``.
 
-    Cross-attention is a Softmax in an ``attn2`` module or over ``key_length`` keys (the model's
-    text positions). Returns how many there are; raises ``GraphCheckError`` if one has anything
-    between its MatMuls, if there are none, or if there are not ``expected`` of them.
+    Cross-attention is a Softmax in an ``attn2`` module or over as many keys as the graph's
+    ``encoder_hidden_states`` has text positions. Returns how many there
+    are; raises ``GraphCheckError`` if one has anything between its MatMuls, if there are none,
+    or if there are not ``expected`` of them.
     """
     graph = _load(model).graph
     producers = {output: node for node in graph.node for output in node.output}
@@ -283,7 +291,7 @@ def check_fusable_cross_attention(model: onnx.ModelProto | Path | str, expected:
             consumers[name].append(node)
     graph_outputs = {output.name for output in graph.output}
 
-    softmaxes = _cross_attention_softmaxes(graph, key_length)
+    softmaxes = _cross_attention_softmaxes(graph)
     problems = []
     for softmax in softmaxes:
         label = softmax.name or softmax.output[0]
@@ -299,7 +307,7 @@ def check_fusable_cross_attention(model: onnx.ModelProto | Path | str, expected:
     if problems:
         raise GraphCheckError("cross-attention TensorRT cannot fuse: " + "; ".join(problems))
     if not softmaxes:
-        raise GraphCheckError(f"no cross-attention found (no Softmax in attn2 or over {key_length} keys)")
+        raise GraphCheckError("no cross-attention found (no Softmax in attn2 or over the text positions)")
     if expected is not None and len(softmaxes) != expected:
         raise GraphCheckError(f"found {len(softmaxes)} cross-attentions, expected {expected}")
     return len(softmaxes)
