@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .modes import ROLES
+from .modes import VALUES, role_named
 
 
 def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -144,6 +144,24 @@ def _check_sd1_attention(attn) -> None:
         raise ValueError(f"attention module with {unsupported or 'extra options'} is not SD 1.x")
 
 
+def _has_structured_attention(unet: nn.Module) -> bool:
+    return all(isinstance(processor, StructuredAttnProcessor) for processor in unet.attn_processors.values())
+
+
+def structured_attention(unet: nn.Module) -> nn.Module:
+    """Give every attention module of a diffusers UNet the structured processor, and return the UNet.
+
+    Where this is called, a UNet starts to take level inputs; without them (plain calls) it
+    computes exactly what diffusers' own processor does (SPEC P1), so the swap is for good.
+    """
+    if not _has_structured_attention(unet):
+        for name, module in unet.named_modules():
+            if name.endswith(("attn1", "attn2")):
+                _check_sd1_attention(module)
+        unet.set_attn_processor(StructuredAttnProcessor())
+    return unet
+
+
 class StructuredUNet(nn.Module):
     """A diffusers UNet whose cross-attention takes stacked levels and a level mask (SPEC 5).
 
@@ -156,14 +174,10 @@ class StructuredUNet(nn.Module):
 
     def __init__(self, unet: nn.Module, mode: str = "values", added: tuple[str, ...] = ()):
         super().__init__()
-        if mode not in ROLES:
-            raise ValueError(f"mode must be one of {ROLES}, not {mode!r}")
-        for name, module in unet.named_modules():
-            if name.endswith(("attn1", "attn2")):
-                _check_sd1_attention(module)
-        unet.set_attn_processor(StructuredAttnProcessor())
+        self.role = role_named(mode)
+        if not _has_structured_attention(unet):
+            raise ValueError("the UNet's attention has no structured processor; wrap structured_attention(unet)")
         self.unet = unet
-        self.mode = mode
         self.added = added  # names of the UNet's added conditions, which follow level_mask (SDXL's)
 
     def cross_attention_downsampling(self) -> tuple[int, ...]:
@@ -202,7 +216,7 @@ class StructuredUNet(nn.Module):
         level_states = torch.where(real, level_states, torch.zeros((), dtype=level_states.dtype,
                                                                    device=level_states.device))
         weights = level_mask / level_mask.sum(dim=1, keepdim=True)
-        if self.mode == "values":
+        if self.role is VALUES:
             # The one place the value levels are averaged: every layer then sees one context.
             levels = {"value_context": torch.einsum("nl,nltd->ntd", weights, level_states)}
         else:

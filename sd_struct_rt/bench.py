@@ -7,7 +7,6 @@ the UNet's contract, so every backend is fed exactly what it declares.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import time
 from dataclasses import dataclass
@@ -83,15 +82,13 @@ def stage_latencies(pipe: StructuredDiffusionPipeline, parser, settings: BenchSe
     side = pipe.default_size
     request = pipe.check_inputs(settings.prompt, num_inference_steps=settings.steps, width=side, height=side,
                                 parser=parser, scheduler=settings.scheduler)
-    structured = pipe.structure(request)
-    conditioning = pipe.condition(structured, request)
-    latents = pipe.initial_latents(request)
-    model_input, timestep = torch.cat([latents, latents]), torch.full((2,), 500.0)
+    prepared = pipe.prepare(request)
+    model_input = prepared.run.model_input()
     candidates = {
         "parse": lambda: pipe.structure(request),
-        "text_encode": lambda: pipe.condition(structured, request),
-        "unet_step": lambda: pipe.predict_noise(model_input, timestep, conditioning, "values"),
-        "vae": lambda: pipe.decode(latents),
+        "text_encode": lambda: pipe.condition(prepared.structured, request),
+        "unet_step": lambda: pipe.predict_noise(*model_input, prepared.conditioning, request.role),
+        "vae": lambda: pipe.decode(prepared.run.latents),
     }
     timings = interleaved(candidates, warmup=settings.warmup, rounds=settings.rounds)
     result = {name: timing.as_dict() for name, timing in timings.items()}
@@ -99,7 +96,7 @@ def stage_latencies(pipe: StructuredDiffusionPipeline, parser, settings: BenchSe
                                                   height=side, parser=parser, scheduler=settings.scheduler)},
                       warmup=1, rounds=max(3, settings.rounds // 5))
     result["end_to_end"] = end["end_to_end"].as_dict() | {"steps": settings.steps,
-                                                          "levels": len(structured[0].spans) + 1}
+                                                          "levels": len(prepared.structured[0].spans) + 1}
     return result
 
 
@@ -123,6 +120,7 @@ def run_bench(model_ref: str, backend: str, engine: Path | None, settings: Bench
               building: Building | None = None) -> dict:
     """The whole benchmark as one JSON-ready object; ``building`` as for ``cached_engine_set``."""
     from .level_loop import LevelLoopUNet
+    from .model import load_model
 
     generator = torch.Generator().manual_seed(0)
     # Engines first: a damaged or mismatched set is refused before any model loads.
@@ -145,10 +143,9 @@ def run_bench(model_ref: str, backend: str, engine: Path | None, settings: Bench
         candidates["keys"] = lambda: keys_pipe.predict_noise(sample, timestep, conditioning, "keys")
     if backend != "torch":
         candidates["torch_structured"] = lambda: reference.predict_noise(sample, timestep, conditioning, "values")
-    # The official loop over the reference's own UNet weights (a copy: it installs its own processors),
-    # fed exactly what the reference's UNet is fed.
-    structured_unet = reference.networks.unets["values"].module
-    naive = LevelLoopUNet(copy.deepcopy(structured_unet.unet), "values", structured_unet.added)
+    # The official loop over the same weights, loaded apart (it installs its own processors), fed
+    # exactly what the reference's UNet is fed.
+    naive = LevelLoopUNet(load_model(model_ref).unet, "values", reference.family.added_conditions)
     naive_inputs = list(reference.family.unet_inputs(sample, timestep, conditioning, "values",
                                                      reference.facts).values())
 

@@ -14,7 +14,7 @@ from typing import Callable
 
 import torch
 
-from .modes import MODES, uses_structure
+from .modes import KEYS, MODES
 from .structure.spans import PhraseSpan, StructuredPrompt
 
 # texts -> their [M, T, D] embeddings and, for families whose UNet reads them, pooled [M, P] ones
@@ -69,9 +69,8 @@ def build_conditioning(encoder: TextEncoder, prompts: list[StructuredPrompt], ne
     Pooled embeddings, where the family has them, come from the whole prompt only, except in
     ``composable`` mode, where each component is a prompt of its own.
     """
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
-    spans = [p.spans if uses_structure(mode) else () for p in prompts]
+    chosen = MODES[mode]
+    spans = [p.spans if chosen.uses_structure else () for p in prompts]
     texts = list(negative_prompts) + [p.prompt for p in prompts]
     texts += [span.text for row in spans for span in row]
     embeddings, pooled = encoder(texts)
@@ -81,13 +80,13 @@ def build_conditioning(encoder: TextEncoder, prompts: list[StructuredPrompt], ne
     for row in spans:
         phrase_embeddings.append(list(embeddings[cursor:cursor + len(row)]))
         cursor += len(row)
-    if mode == "composable":
+    if chosen.row_per_phrase:
         return _composable(embeddings, pooled, count, [len(row) for row in spans])
 
     # encoder_hidden_states is the key context in values mode and the value context in keys mode.
     contexts, level_rows = list(unconditional), [[u] for u in unconditional]
     for e0, row, phrases in zip(full, spans, phrase_embeddings):
-        contexts.append(merged(e0, phrases, row) if mode == "keys" else e0)
+        contexts.append(merged(e0, phrases, row) if chosen.role is KEYS else e0)
         level_rows.append([e0] + [aligned(e0, n, span) for n, span in zip(phrases, row)])
     levels = max(len(row) for row in level_rows)
     # Stay on the text encoder's device: the UNet reads these at every step.

@@ -17,7 +17,8 @@ from typing import Callable, Mapping, NamedTuple, Sequence
 import torch
 
 from .errors import InputError, UserError
-from .inputs import MAX_BATCH, MAX_LEVELS, MAX_SIDE, MIN_SIDE
+from .inputs import MAX_BATCH, MAX_SIDE, MIN_SIDE
+from .modes import MAX_LEVELS
 
 
 class Axis(NamedTuple):

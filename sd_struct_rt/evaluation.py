@@ -121,15 +121,14 @@ def evaluate(pipe, prompts: Sequence[str], seeds: Sequence[int], modes: Sequence
     check_prompt = getattr(scorer, "check", None)
     for prompt in prompts if callable(check_prompt) else ():
         check_prompt(prompt)
-    for mode in modes:  # every input checked before the first image
-        for batch in batches:
-            pipe.check_inputs([prompt for prompt, _ in batch], seed=[seed for _, seed in batch], mode=mode,
-                              **arguments)
+    requests = {(mode, index): pipe.check_inputs([prompt for prompt, _ in batch], seed=[seed for _, seed in batch],
+                                                  mode=mode, **arguments)
+                for mode in modes for index, batch in enumerate(batches)}  # every input checked before the first image
     trials, images = [], {}
     total, done = len(jobs) * len(modes), 0
     for mode in modes:
-        for batch in batches:
-            output = pipe([prompt for prompt, _ in batch], seed=[seed for _, seed in batch], mode=mode, **arguments)
+        for index, batch in enumerate(batches):
+            output = pipe.generate(pipe.prepare(requests[mode, index]))
             for (prompt, seed), image in zip(batch, output.images):
                 score = scorer.score(prompt, image) if scorer is not None else None
                 trials.append(Trial(prompt, seed, mode, None if score is None else bool(score.success),

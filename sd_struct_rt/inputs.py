@@ -12,14 +12,11 @@ import re
 import warnings
 
 from .errors import InputError
+from .text import preprocess
 
 MIN_SIDE, MAX_SIDE = 64, 2048
 MAX_STEPS = 1000
 MAX_SEED = 2**63 - 1
-# Levels per prompt, the full prompt included: the most any pipeline or engine takes, and what a
-# call caps them at unless it asks for more (extra phrases are dropped with a warning).
-MAX_LEVELS = 64
-DEFAULT_MAX_LEVELS = 8
 MAX_BATCH = 64  # prompts per call: --batch-size, and an engine profile's batch range
 
 
@@ -83,4 +80,12 @@ def text(value: object, name: str, limit: int = MAX_PROMPT_CHARACTERS) -> str:
     if count:
         warnings.warn(f"{name}: {count} control character{'s' if count > 1 else ''} replaced by spaces",
                       InputWarning, stacklevel=2)
+    return cleaned
+
+
+def prompt(value: object, name: str, hint: str = "say what to draw") -> str:
+    """A prompt (``text``) that says something once preprocessed: an empty one is refused with ``hint``."""
+    cleaned = text(value, name)
+    if not preprocess(cleaned):
+        raise InputError(f"{name} is empty; {hint}")
     return cleaned

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import StructuredAttnProcessor, _merge_heads, _split_heads
+from .modes import role_named
 
 
 class LevelLoopProcessor(StructuredAttnProcessor):
@@ -39,11 +40,10 @@ class LevelLoopUNet(nn.Module):
     def __init__(self, unet: nn.Module, mode: str = "values", added: tuple[str, ...] = ()):
         super().__init__()
         unet.set_attn_processor(LevelLoopProcessor())
-        self.unet, self.mode, self.added = unet, mode, added
+        self.unet, self.role, self.added = unet, role_named(mode), added
 
     def forward(self, sample, timestep, encoder_hidden_states, level_states, level_mask, *added_conditions):
         weights = level_mask / level_mask.sum(dim=1, keepdim=True)
-        role = "value_states" if self.mode == "values" else "key_states"
         added = dict(zip(self.added, added_conditions)) if self.added else None
         return self.unet(sample, timestep, encoder_hidden_states, return_dict=False, added_cond_kwargs=added,
-                         cross_attention_kwargs={role: level_states, "level_weights": weights})[0]
+                         cross_attention_kwargs={self.role.level_input: level_states, "level_weights": weights})[0]

@@ -21,6 +21,7 @@ from pathlib import Path, PurePosixPath
 from . import __version__, inputs
 from .contract import ModelFacts, Profile
 from .errors import InputError, UserError
+from .modes import ROLES
 from .files import STAGING_MARK, file_sha256, os_error_line
 
 MANIFEST_NAME = "manifest.json"
@@ -73,8 +74,8 @@ def _problems(manifest: Manifest) -> list[str]:
 
     problems = []
     engine_names = names(builds_engines=True)
-    if manifest.mode not in ("values", "keys"):
-        problems.append(f"field mode is {manifest.mode!r}, not values or keys")
+    if manifest.mode not in ROLES:
+        problems.append(f"field mode is {manifest.mode!r}, not {' or '.join(ROLES)}")
     if manifest.backend not in engine_names:
         problems.append(f"field backend is {manifest.backend!r}, not one of {', '.join(engine_names)}")
     elif manifest.precision not in engine_backend(manifest.backend).precisions:

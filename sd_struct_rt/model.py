@@ -16,6 +16,7 @@ from importlib import resources
 from pathlib import Path
 
 from .errors import UserError
+from .families import DRAWING_DEFAULTS_NAME
 from .files import (clear_stale_staging, exclusive_lock, file_sha256, lock_path_for, remove_entry, reporting,
                     staging_path)
 from .paths import cache_dir
@@ -29,7 +30,6 @@ MATERIALISE_SEED = 20230222
 COMPONENT_SEEDS = {"unet": 0, "vae": 1, "text_encoder": 2, "text_encoder_2": 3}
 # A model folder may hold this file: the guidance scale and steps it draws best at, used when a
 # caller gives none (``drawing_defaults``).
-DRAWING_DEFAULTS_NAME = "sdrt_defaults.json"
 # In a cached model folder: the sha256 of every file, written last, checked at every use.
 DIGESTS_NAME = "sdrt-digests.json"
 
@@ -109,30 +109,6 @@ def materialise(root, destination: Path) -> None:
                                 if key not in ("architectures", "model_type")}
                     model = getattr(transformers, class_name)(transformers.CLIPTextConfig(**settings))
             model.save_pretrained(destination / name)
-
-
-def read_drawing_defaults(folder: Path) -> dict:
-    """``default_guidance_scale`` and ``default_steps`` from the folder's ``DRAWING_DEFAULTS_NAME``,
-    as ``ModelFacts`` fields (empty when the folder has none); a damaged file is one line."""
-    from . import inputs
-    from .errors import InputError
-
-    path = folder / DRAWING_DEFAULTS_NAME
-    if not path.exists():
-        return {}
-    try:
-        recorded = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(recorded, dict) or set(recorded) - {"guidance_scale", "num_inference_steps"}:
-            raise InputError("it must be a JSON object with guidance_scale and/or num_inference_steps")
-        facts = {}
-        if "guidance_scale" in recorded:
-            facts["default_guidance_scale"] = inputs.guidance(recorded["guidance_scale"])
-        if "num_inference_steps" in recorded:
-            facts["default_steps"] = inputs.steps(recorded["num_inference_steps"])
-        return facts
-    except (OSError, ValueError) as error:
-        reason = str(error) if isinstance(error, InputError) else type(error).__name__
-        raise UserError(f"{path}: unreadable drawing defaults ({reason}); fix or delete the file") from None
 
 
 def _file_digests(folder: Path) -> dict[str, str]:
@@ -228,10 +204,9 @@ def load_tokenizer(model: str):
     from .families import family_of_folder
 
     folder = resolve_model_folder(model)
-    family_of_folder(folder).check_folder(folder)
-    from transformers import CLIPTokenizer
-
-    return CLIPTokenizer.from_pretrained(folder / "tokenizer")
+    family = family_of_folder(folder)
+    family.check_folder(folder)
+    return family.load_tokenizers(folder)[0]
 
 
 def load_model(model: str):

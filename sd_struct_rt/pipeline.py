@@ -10,18 +10,28 @@
 A pipeline object is for one thread at a time (its tokenizer keeps per-call state); the server
 (``serve.batcher``) serialises the stages that use it.
 
-``__call__`` runs six named stages, each a method of its own so that callers (``sdrt bench``)
-can time them: 1. check every input, engine profile included, before any compute;
-2. structure; 3. conditioning; 4. latents; 5. denoise; 6. decode. Bad input raises
-``InputError`` (a ``ValueError``) whose message is one line naming the parameter.
+A call goes through three steps, in flow order, and every caller (the API, the CLI, the
+server's batcher, ``sdrt bench``) takes the same ones:
+
+1. ``check_inputs``: every input, engine profile included, checked once and completed with its
+   defaults, before any compute (a ``Request``; its scheduler is built here, once);
+2. ``prepare``: structure, conditioning, seeded generators, latents and the ``DenoisingRun``
+   (a ``Prepared``);
+3. the denoising loop, ``predict_noise`` once per step (the server's batcher makes these calls
+   for many requests at once), then ``outputs``: decode and metadata.
+
+Each stage is also a method of its own (``structure``, ``condition``, ``predict_noise``,
+``decode``), so ``sdrt bench`` can time them. Bad input raises ``InputError`` (a ``ValueError``)
+whose message is one line naming the parameter.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import numbers
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -29,23 +39,21 @@ import torch
 from PIL import Image
 
 from . import __version__, inputs
-from .inputs import DEFAULT_MAX_LEVELS, MAX_LEVELS
-from .attention import AttentionRecorder, StructuredUNet
+from .attention import AttentionRecorder
 from .attention_maps import named_maps
-from .backends import Networks, OpenOptions
+from .backends import AttentionRecording, Networks, OpenOptions
 from .conditioning import Conditioning, build_conditioning
 from .contract import ModelFacts
 from .errors import InputError, UserError
 from .families import Family
 from .image import png_bytes, save_png, to_pil
 from .manifest import Manifest
-from .modes import MODES, role_for, uses_structure
+from .modes import DEFAULT_MAX_LEVELS, MAX_LEVELS, MODES, Mode, mode_named, role_for
 from .sampling import DenoisingRun, Progress, initial_latents, seeded_generators, to_uint8
-from .schedulers import SCHEDULERS, make_scheduler, scheduler_name
+from .schedulers import make_scheduler, scheduler_name
 from .structure import analyse
 from .structure.parsers import PARSERS, Parser, make_parser
 from .structure.spans import StructuredPrompt, capped
-from .text import preprocess
 
 # What a call with no steps or guidance uses when the model folder records none (SD's own).
 DEFAULT_STEPS = 50
@@ -76,7 +84,7 @@ class PipelineOutput:
 
 @dataclass(frozen=True)
 class Request:
-    """Every input of one call, checked and completed with its defaults (stage 1's result)."""
+    """Every input of one call, checked and completed with its defaults (step 1's result)."""
 
     prompts: tuple[str | StructuredPrompt, ...]
     negative_prompts: tuple[str, ...]
@@ -89,6 +97,23 @@ class Request:
     parser: Parser | None  # None: plain, no structure
     max_levels: int
     scheduler: str  # a name of schedulers.SCHEDULERS, or the class name of the folder's own
+    role: str = ""  # the UNet role that serves ``mode`` on this pipeline
+    # With attention maps: the cross-attention layers they average, by downsampling; None: no maps.
+    attention_maps: tuple[int, ...] | None = None
+    # The scheduler, built once to check the steps; a run sets its timesteps again, which resets it.
+    sampler: Any = field(default=None, compare=False, repr=False)
+
+
+@dataclass
+class Prepared:
+    """Everything one checked request needs to run (step 2's result): its structure and conditioning,
+    and its sampling state, whose latents come from the prompts' own seeded generators."""
+
+    request: Request
+    structured: list[StructuredPrompt]
+    conditioning: Conditioning
+    run: DenoisingRun
+    recorder: AttentionRecorder | None = None  # with attention maps
 
 
 @dataclass(frozen=True)
@@ -135,8 +160,6 @@ class StructuredDiffusionPipeline:
         ``model`` and ``backend``, when given, are what the set must have been built from and
         for; ``cuda_graphs`` replays TensorRT engines from CUDA graphs.
         """
-        from transformers import CLIPTokenizer
-
         from .backends import engine_backend
         from .families import family_named
         from .manifest import expect, read_manifest, rebuild_command, verify_files
@@ -153,10 +176,9 @@ class StructuredDiffusionPipeline:
         files = {component: folder / name for component, name in manifest.engine_files.items()}
         networks = engine_backend(manifest.backend).open(
             files, family.networks(manifest.model_facts, manifest.mode), manifest.mode,
-            OpenOptions(device=device, cuda_graphs=cuda_graphs), manifest.precision)
-        tokenizers = tuple(CLIPTokenizer.from_pretrained(folder / name) for name in family.tokenizer_folders)
-        return cls(networks, tokenizers, _scheduler_of(folder), family, manifest.model_facts, manifest.model_id,
-                   EngineSet(folder, manifest))
+            OpenOptions(device=device, cuda_graphs=cuda_graphs), manifest.precision, manifest.profile)
+        return cls(networks, family.load_tokenizers(folder), _scheduler_of(folder), family, manifest.model_facts,
+                   manifest.model_id, EngineSet(folder, manifest))
 
     # --- what it offers ----------------------------------------------------------------------
 
@@ -221,35 +243,12 @@ class StructuredDiffusionPipeline:
         grid is the latent grid shrunk by one of those factors (``cross_attention_downsampling``).
         ``progress(done, total)`` is called after each denoising step the caller asked for.
         """
-        # 1. check every input before any compute
         request = self.check_inputs(prompt, seed=seed, num_inference_steps=num_inference_steps,
                                     guidance_scale=guidance_scale, negative_prompt=negative_prompt, width=width,
                                     height=height, mode=mode, parser=parser, phrases=phrases, trees=trees,
-                                    max_levels=max_levels, scheduler=scheduler)
-        if attention_maps:
-            downsampling = self.check_attention_downsampling(request.mode, attention_downsampling)
-        elif attention_downsampling is not None:
-            raise InputError("attention_downsampling goes with attention_maps=True")
-        # 2. structure: prompt -> noun-phrase token spans
-        structured = self.structure(request)
-        # 3. conditioning: keys, stacked levels, level mask
-        conditioning = self.condition(structured, request)
-        # 4. latents from one seeded CPU generator per prompt (which also feeds ancestral samplers)
-        generators = seeded_generators(list(request.seeds))
-        latents = self.initial_latents(request, generators)
-        # 5. denoise
-        if not attention_maps:
-            latents = self.denoise(conditioning, latents, request, progress, generators)
-            # 6. decode
-            return self.output(request, structured, self.decode(latents))
-        recorder = AttentionRecorder(*latents.shape[2:], downsampling)
-        with self.recording_unet(request.mode).recording(recorder):
-            latents = self.denoise(conditioning, latents, request, progress, generators)
-        output = self.output(request, structured, self.decode(latents))
-        output.attention = [named_maps(maps, prompt, self.tokenizer)
-                            for maps, prompt in zip(recorder.maps(), structured)]
-        output.attention_downsampling = tuple(sorted(recorder.recorded))
-        return output
+                                    max_levels=max_levels, scheduler=scheduler, attention_maps=attention_maps,
+                                    attention_downsampling=attention_downsampling)
+        return self.generate(self.prepare(request, progress))
 
     def check_attention_downsampling(self, mode: str, downsampling: Sequence[int] | None,
                                      name: str = "attention_downsampling") -> tuple[int, ...]:
@@ -265,17 +264,19 @@ class StructuredDiffusionPipeline:
                              f"cross-attention layers), not {', '.join(map(repr, chosen)) or 'nothing'}")
         return tuple(int(factor) for factor in chosen)
 
-    def recording_unet(self, mode: str) -> StructuredUNet:
-        """The torch UNet that records attention; engines do not expose theirs. The recorder reads
-        one conditional row per prompt, which composable mode does not have."""
-        if mode == "composable":
-            raise InputError("attention maps need one conditional row per prompt; mode 'composable' has one per "
+    def recording_unet(self, mode: str) -> AttentionRecording:
+        """The UNet of ``mode`` that records its attention, where the backend has one (the torch
+        reference; engines do not expose theirs). The recorder reads one conditional row per
+        prompt, which composable mode does not have."""
+        chosen = mode_named(mode)
+        if chosen.row_per_phrase:
+            raise InputError(f"attention maps need one conditional row per prompt; mode {mode!r} has one per "
                              "phrase: use values, keys or plain")
-        module = getattr(self.unet_for(mode)[1], "module", None)
-        if not isinstance(module, StructuredUNet):
+        recording = self.networks.attention.get(self.role_for(chosen))
+        if recording is None:
             raise InputError("attention maps need the torch reference (StructuredDiffusionPipeline.from_pretrained); "
                              f"the {self.backend} engines do not expose their attention")
-        return module
+        return recording
 
     # --- 1. inputs ---------------------------------------------------------------------------
 
@@ -284,7 +285,8 @@ class StructuredDiffusionPipeline:
                      negative_prompt: str | Sequence[str] = "", width: int | None = None,
                      height: int | None = None, mode: str = "values", parser: str | Parser | None = None,
                      phrases: Sequence[str] | None = None, trees: Sequence[str] | None = None,
-                     max_levels: int = DEFAULT_MAX_LEVELS, scheduler: str | None = None) -> Request:
+                     max_levels: int = DEFAULT_MAX_LEVELS, scheduler: str | None = None,
+                     attention_maps: bool = False, attention_downsampling: Sequence[int] | None = None) -> Request:
         """Check every input (cheap: no parsing, no network) and fill in the defaults."""
         num_inference_steps = self.drawing_defaults["num_inference_steps"] if num_inference_steps is None \
             else num_inference_steps
@@ -295,10 +297,10 @@ class StructuredDiffusionPipeline:
             raise InputError("prompt is an empty list; give at least one prompt")
         for index, text in enumerate(prompts):
             name = "the prompt" if single else f"prompt {index}"
-            if not isinstance(text, StructuredPrompt):
-                prompts[index] = text = inputs.text(text, name)
-            if not preprocess(text.prompt if isinstance(text, StructuredPrompt) else text):
-                raise InputError(f"{name} is empty; say what to draw")
+            if isinstance(text, StructuredPrompt):
+                inputs.prompt(text.prompt, name)
+            else:
+                prompts[index] = inputs.prompt(text, name)
         negatives = [inputs.text(text, "negative_prompt") for text in _texts(negative_prompt, "negative_prompt")]
         if isinstance(negative_prompt, str):
             negatives = negatives * len(prompts)
@@ -306,9 +308,8 @@ class StructuredDiffusionPipeline:
             raise InputError(f"negative_prompt has {len(negatives)} entries for {len(prompts)} prompts; "
                              "give one per prompt or a single string")
         seeds = self._seeds(seed, len(prompts))
-        if mode not in MODES:
-            raise InputError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
-        self.unet_for(mode)
+        chosen = mode_named(mode)
+        role = self.role_for(chosen)
         width = self.default_size if width is None else inputs.image_side(width, "width")
         height = self.default_size if height is None else inputs.image_side(height, "height")
         sampler = make_scheduler(scheduler, self.scheduler)
@@ -316,10 +317,14 @@ class StructuredDiffusionPipeline:
                           steps=self._steps(num_inference_steps, sampler), scheduler=scheduler_name(sampler),
                           guidance_scale=inputs.guidance(guidance_scale),
                           width=width, height=height, mode=mode,
-                          parser=self._parser(parser, phrases, trees) if uses_structure(mode) else None,
+                          parser=self._parser(parser, phrases, trees) if chosen.uses_structure else None,
                           max_levels=min(inputs.whole_number(max_levels, "max_levels", 1, MAX_LEVELS),
-                                         self.max_levels))
+                                         self.max_levels), role=role, sampler=sampler)
         self.check_engine_profile(request)
+        if attention_maps:
+            request = replace(request, attention_maps=self.check_attention_downsampling(mode, attention_downsampling))
+        elif attention_downsampling is not None:
+            raise InputError("attention_downsampling goes with attention_maps=True")
         return request
 
     def check_engine_profile(self, request: Request) -> None:
@@ -380,18 +385,32 @@ class StructuredDiffusionPipeline:
             return self._parsers.setdefault(name, make_parser(name))
         return make_parser("tree", trees, phrases)
 
-    def unet_for(self, mode: str):
-        """The UNet that serves ``mode``: single-level modes take any (SPEC P1), see ``modes``."""
+    def role_for(self, mode: Mode) -> str:
+        """The role of the UNet that serves ``mode``: single-level modes take any (SPEC P1), see ``modes``."""
         role = role_for(mode, self.networks.unets)
         if role in self.networks.unets:
-            return role, self.networks.unets[role]
+            return role
         if self.engine_set is not None:
             from .manifest import expect
 
             expect(self.engine_set.manifest, self.engine_set.folder, mode=role)
-        raise InputError(f"mode {mode!r} is not served by this pipeline's {self.backend} UNet")
+        raise InputError(f"mode {mode.name!r} is not served by this pipeline's {self.backend} UNet")
 
-    # --- 2.-6. the stages --------------------------------------------------------------------
+    # --- 2. prepare: the stages before the UNet ----------------------------------------------
+
+    def prepare(self, request: Request, progress: Progress | None = None,
+                structured: list[StructuredPrompt] | None = None) -> Prepared:
+        """Everything ``request`` needs before its first UNet call: its structure (``structured``, when
+        the caller made it already), conditioning, and a sampling state whose latents come from one
+        seeded CPU generator per prompt (which also feeds ancestral samplers)."""
+        structured = self.structure(request) if structured is None else structured
+        conditioning = self.condition(structured, request)
+        generators = seeded_generators(list(request.seeds))
+        run = self.denoising_run(request, self.initial_latents(request, generators), conditioning, generators,
+                                 progress)
+        recorder = None if request.attention_maps is None else AttentionRecorder(
+            *run.latents.shape[2:], request.attention_maps)
+        return Prepared(request, structured, conditioning, run, recorder)
 
     def structure(self, request: Request) -> list[StructuredPrompt]:
         """Each prompt's levels, at most ``max_levels`` of them (one warning per prompt for the rest)."""
@@ -403,12 +422,12 @@ class StructuredDiffusionPipeline:
         return self.family.encode_texts(self.networks.text_encoder, self.tokenizers, texts, self.facts)
 
     def condition(self, structured: list[StructuredPrompt], request: Request) -> Conditioning:
-        if request.mode == "composable":
+        if MODES[request.mode].row_per_phrase:
             alone = [str(index) for index, prompt in enumerate(structured) if not prompt.spans]
             if alone:
                 which = "the prompt has" if len(structured) == 1 else f"prompt{'s' * (len(alone) > 1)} " \
                     f"{', '.join(alone)} {'have' if len(alone) > 1 else 'has'}"
-                warnings.warn(f"mode 'composable': {which} no phrase to compose, so it is generated as plain",
+                warnings.warn(f"mode {request.mode!r}: {which} no phrase to compose, so it is generated as plain",
                               stacklevel=2)
         return build_conditioning(self.encode_texts, structured, list(request.negative_prompts), request.mode)
 
@@ -417,13 +436,40 @@ class StructuredDiffusionPipeline:
         return initial_latents(generators, request.height, request.width, self.facts.latent_channels,
                                self.facts.vae_scale_factor)
 
+    def denoising_run(self, request: Request, latents: torch.Tensor, conditioning: Conditioning,
+                      generators: list[torch.Generator] | None = None,
+                      progress: Progress | None = None) -> DenoisingRun:
+        """The sampling state of ``request``, on the scheduler its inputs were checked with."""
+        return DenoisingRun(request.sampler, latents, request.steps, request.guidance_scale, generators, progress,
+                            conditioning.conditional_rows)
+
+    # --- 3. the loop: one UNet call per step, then the images ---------------------------------
+
+    def generate(self, prepared: Prepared) -> PipelineOutput:
+        """Denoise a prepared request to the end and decode it."""
+        self._denoise(prepared.run, prepared.conditioning, prepared.request.role, prepared.recorder)
+        return self.outputs([prepared])[0]
+
+    def denoise(self, conditioning: Conditioning, latents: torch.Tensor, request: Request,
+                progress: Progress | None = None, generators: list[torch.Generator] | None = None) -> torch.Tensor:
+        """The denoised latents of ``request`` from ``latents``."""
+        run = self.denoising_run(request, latents, conditioning, generators, progress)
+        self._denoise(run, conditioning, request.role)
+        return run.latents
+
+    def _denoise(self, run: DenoisingRun, conditioning: Conditioning, role: str,
+                 recorder: AttentionRecorder | None = None) -> None:
+        with contextlib.nullcontext() if recorder is None else self.networks.attention[role].recording(recorder):
+            while not run.finished:
+                run.advance(self.predict_noise(*run.model_input(), conditioning, role))
+
     def predict_noise(self, sample: torch.Tensor, timestep: torch.Tensor, conditioning: Conditioning,
-                      mode: str) -> torch.Tensor:
-        """The UNet on every row: unconditional rows first, then conditional. An engine set takes
-        ``unet_rows`` rows a call (composable prompts can need more), so a longer batch runs as
+                      role: str) -> torch.Tensor:
+        """The UNet of ``role`` on every row: unconditional rows first, then conditional. An engine set
+        takes ``unet_rows`` rows a call (composable prompts can need more), so a longer batch runs as
         calls of the most rows, and a last call short of the least is filled up with copies of
         its last row, whose outputs are dropped: rows are independent, so no row's result changes."""
-        role, unet = self.unet_for(mode)
+        unet = self.networks.unets[role]
         rows = sample.shape[0]
         least, most = self.unet_rows or (1, rows)
         if rows <= most:
@@ -445,31 +491,27 @@ class StructuredDiffusionPipeline:
         low, high = self.engine_set.manifest.profile.batch
         return 2 * low, 2 * high
 
-    def denoising_run(self, request: Request, latents: torch.Tensor, conditioning: Conditioning,
-                      generators: list[torch.Generator] | None = None,
-                      progress: Progress | None = None) -> DenoisingRun:
-        """The sampling state of ``request``, with a scheduler of its own (multistep ones keep state)."""
-        scheduler = make_scheduler(request.scheduler if request.scheduler in SCHEDULERS else None, self.scheduler)
-        return DenoisingRun(scheduler, latents, request.steps, request.guidance_scale, generators, progress,
-                            conditioning.conditional_rows)
-
-    def denoise(self, conditioning: Conditioning, latents: torch.Tensor, request: Request,
-                progress: Progress | None = None, generators: list[torch.Generator] | None = None) -> torch.Tensor:
-        run = self.denoising_run(request, latents, conditioning, generators, progress)
-        while not run.finished:
-            sample, timestep = run.model_input()
-            run.advance(self.predict_noise(sample, timestep, conditioning, request.mode))
-        return run.latents
-
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """``[B, 3, H, W]`` uint8 images on the CPU."""
         vae = self.networks.vae_decoder
         return to_uint8(_only_output(vae(**{vae.contract.input_names[0]: latents})))
 
-    def output(self, request: Request, structured: list[StructuredPrompt], images: torch.Tensor) -> PipelineOutput:
-        metadata = [self.metadata(request, prompt, request.negative_prompts[i], request.seeds[i])
-                    for i, prompt in enumerate(structured)]
-        return PipelineOutput([to_pil(image) for image in images], metadata)
+    def outputs(self, finished: Sequence[Prepared]) -> list[PipelineOutput]:
+        """The images of requests whose runs are finished, decoded in one VAE call, with their metadata."""
+        images = self.decode(torch.cat([prepared.run.latents for prepared in finished]))
+        results, start = [], 0
+        for prepared in finished:
+            request, count = prepared.request, len(prepared.structured)
+            metadata = [self.metadata(request, prompt, request.negative_prompts[i], request.seeds[i])
+                        for i, prompt in enumerate(prepared.structured)]
+            output = PipelineOutput([to_pil(image) for image in images[start:start + count]], metadata)
+            if prepared.recorder is not None:
+                output.attention = [named_maps(maps, prompt, self.tokenizer)
+                                    for maps, prompt in zip(prepared.recorder.maps(), prepared.structured)]
+                output.attention_downsampling = tuple(sorted(prepared.recorder.recorded))
+            results.append(output)
+            start += count
+        return results
 
     def metadata(self, request: Request, prompt: StructuredPrompt, negative_prompt: str, seed: int) -> dict[str, str]:
         return {

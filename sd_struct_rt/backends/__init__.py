@@ -1,14 +1,17 @@
 """Backends: who runs the networks, and the one registry of them.
 
-Every backend runs each network of a family behind one protocol, ``Network``: named ``torch``
-tensors in (the contract's input names, on any device), a dict of named outputs back. The
-pipeline, ``check-engine`` and ``bench`` therefore treat all backends alike.
+Every backend opens each network of a family on its own, as a ``Network``: named ``torch``
+tensors in (the contract's input names, on any device), a dict of named outputs back in the
+contract's dtypes. What every backend's networks share (their names checked against the
+contract, shapes held to an engine profile, outputs cast to the contract) is ``ContractNetwork``;
+putting a set together (``Networks``) is ``EngineBackend.open``, the same for every engine
+backend. The pipeline, ``check-engine`` and ``bench`` therefore treat all backends alike.
 
 Two kinds of backend:
 
 * the **torch reference** opens a loaded model (``ModelBackend.open_model``);
 * an **engine backend** builds an engine set from the exported ONNX graphs
-  (``EngineBackend.build``) and opens a built one (``EngineBackend.open``).
+  (``EngineBackend.build``) and opens a built one, network by network (``open_network``).
 
 Adding a backend is one module defining ``BACKEND`` and one entry in ``REGISTRY``; the CLI's
 ``--backend`` choices, ``auto``, the engine build and the runtime all read the registry.
@@ -17,13 +20,14 @@ Adding a backend is one module defining ``BACKEND`` and one entry in ``REGISTRY`
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Callable, Mapping, Protocol, runtime_checkable
 
 import torch
 
-from ..contract import ModelFacts, NetworkContract, Profile
+from ..contract import NetworkContract, Profile, ShapeRange
 from ..errors import UserError
 
 Stage = Callable[[str], None]  # announces the next stage of a long job to the user
@@ -36,6 +40,40 @@ class Network(Protocol):
         """Run on the contract's inputs (any device, cast as needed); outputs stay on the backend's device."""
 
 
+@runtime_checkable
+class AttentionRecording(Protocol):
+    """A UNet that can report where its cross-attention looks (the torch reference's can)."""
+
+    def recording(self, recorder: Any) -> AbstractContextManager: ...
+
+    def cross_attention_downsampling(self) -> tuple[int, ...]: ...
+
+
+class ContractNetwork:
+    """What every backend's network does around its own ``run``: inputs held to the shapes it
+    accepts (an engine profile's, when it has one), outputs given in the contract's dtypes."""
+
+    contract: NetworkContract
+    accepted: Mapping[str, ShapeRange] | None = None  # None: any shape the contract admits
+
+    def check_names(self, source: Any, inputs: list[str], outputs: list[str]) -> None:
+        """Refuse an engine whose inputs or outputs are not the contract's (another mode, an old set)."""
+        if sorted(inputs) != sorted(self.contract.input_names) or \
+                sorted(outputs) != sorted(self.contract.output_names):
+            raise UserError(f"{source} takes {sorted(inputs)} and gives {sorted(outputs)}, not "
+                            f"{sorted(self.contract.input_names)} -> {sorted(self.contract.output_names)}; "
+                            "rebuild it with: sdrt build-engine")
+
+    def run(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def __call__(self, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.accepted is not None:
+            self.contract.check_shapes({name: tuple(tensor.shape) for name, tensor in inputs.items()}, self.accepted)
+        outputs = self.run(inputs)
+        return {spec.name: outputs[spec.name].to(spec.dtype) for spec in self.contract.outputs}
+
+
 @dataclass
 class Networks:
     """The networks a pipeline runs, all from one backend."""
@@ -46,6 +84,8 @@ class Networks:
     vae_decoder: Network
     precision: str = "fp32"
     version: str = ""  # of the runtime that runs them, for the PNG metadata
+    # The UNets, by role, that can record their attention: a capability only some backends have.
+    attention: Mapping[str, AttentionRecording] = field(default_factory=dict)
 
     def component(self, name: str, mode: str) -> Network:
         """The network of component ``name`` (``unet``: the one of ``mode``)."""
@@ -58,6 +98,17 @@ class BuildOptions:
 
     optimization_level: int = 3
     timing_cache: Path | None = None
+
+
+@dataclass(frozen=True)
+class BuildTarget:
+    """What one engine build makes: for these contracts and profile, at this precision, in ``staging``."""
+
+    contracts: Mapping[str, NetworkContract]
+    profile: Profile
+    precision: str
+    staging: Path
+    options: BuildOptions = BuildOptions()
 
 
 @dataclass(frozen=True)
@@ -76,7 +127,9 @@ class ModelBackend(Protocol):
     def open_model(self, model: Any, family: Any, device: str, precision: str) -> Networks: ...
 
 
-class EngineBackend(Protocol):
+class EngineBackend:
+    """An engine backend: it builds a set's engine files and opens each one as a ``Network``."""
+
     name: str
     title: str  # "ONNX Runtime", for messages
     precisions: tuple[str, ...]
@@ -85,22 +138,47 @@ class EngineBackend(Protocol):
 
     def unavailable_reason(self) -> str | None:
         """None when the backend can run here, else the one line that says how to get it."""
+        raise NotImplementedError
 
     def runs_on_gpu(self) -> bool:
         """Whether its engines would run on a GPU here (asked only when it is available)."""
+        raise NotImplementedError
 
-    def version(self) -> str: ...
+    def version(self) -> str:
+        raise NotImplementedError
 
     def device_description(self) -> dict[str, str]:
         """What engines are built for, recorded in the manifest (empty when they are portable)."""
+        return {}
 
-    def build(self, graphs: Mapping[str, Path], contracts: Mapping[str, NetworkContract], profile: Profile,
-              facts: ModelFacts, precision: str, staging: Path, options: BuildOptions, stage: Stage) -> dict[str, str]:
-        """Engines from ONNX graphs, written into ``staging``; returns each component's file name there."""
+    def build(self, graphs: Mapping[str, Path], target: BuildTarget, stage: Stage) -> dict[str, str]:
+        """Engines from ONNX graphs, written into ``target.staging``; returns each component's file name there."""
+        raise NotImplementedError
+
+    def check_open(self, options: OpenOptions, precision: str) -> None:
+        """Refuse, before any network opens, options these engines cannot run with."""
+
+    def open_network(self, file: Path, contract: NetworkContract, options: OpenOptions,
+                     precision: str) -> ContractNetwork:
+        """One built engine as a network of ``contract``."""
+        raise NotImplementedError
+
+    def label(self, networks: Mapping[str, ContractNetwork], options: OpenOptions, precision: str) -> str:
+        """What the PNG metadata calls these networks' backend."""
+        raise NotImplementedError
 
     def open(self, files: Mapping[str, Path], contracts: Mapping[str, NetworkContract], mode: str,
-             options: OpenOptions, precision: str) -> Networks:
-        """The networks of a built set; ``precision`` is the one the set was built for."""
+             options: OpenOptions, precision: str | None = None, profile: Profile | None = None) -> Networks:
+        """The networks of a built set, its UNet in role ``mode``; ``precision`` is the one the set was
+        built for, and ``profile``, when given, the shapes every network then accepts."""
+        precision = precision or self.default_precision
+        self.check_open(options, precision)
+        networks = {name: self.open_network(files[name], contracts[name], options, precision) for name in files}
+        if profile is not None:
+            for name, network in networks.items():
+                network.accepted = contracts[name].profile_shapes(profile)
+        return Networks(self.label(networks, options, precision), networks["text_encoder"], {mode: networks["unet"]},
+                        networks["vae_decoder"], precision, self.version())
 
 
 @dataclass(frozen=True)

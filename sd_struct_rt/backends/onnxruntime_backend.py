@@ -15,9 +15,9 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from ..contract import ModelFacts, NetworkContract, Profile
+from ..contract import NetworkContract
 from ..errors import UserError
-from . import BuildOptions, Networks, OpenOptions, Stage
+from . import BuildTarget, ContractNetwork, EngineBackend, OpenOptions, Stage
 
 DEVICES = ("auto", "cpu", "cuda")
 INSTALL_HINT = "pip install 'sd-struct-rt[cpu]' (or 'sd-struct-rt[gpu]' for CUDA)"
@@ -61,7 +61,7 @@ def session_options():
     return options
 
 
-class OrtNetwork:
+class OrtNetwork(ContractNetwork):
     """One ONNX Runtime session behind the ``Network`` protocol."""
 
     def __init__(self, graph: Path, contract: NetworkContract, device: str = "auto"):
@@ -88,13 +88,9 @@ class OrtNetwork:
         self.contract = contract
         self.input_types = {node.name: _DTYPES[node.type] for node in self.session.get_inputs()}
         self.output_types = {node.name: _DTYPES[node.type] for node in self.session.get_outputs()}
-        if sorted(self.input_types) != sorted(contract.input_names) or \
-                sorted(self.output_types) != sorted(contract.output_names):
-            raise UserError(f"{graph} takes {sorted(self.input_types)} and gives {sorted(self.output_types)}, "
-                            f"not {sorted(contract.input_names)} -> {sorted(contract.output_names)}; "
-                            "rebuild it with: sdrt build-engine")
+        self.check_names(graph, list(self.input_types), list(self.output_types))
 
-    def __call__(self, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+    def run(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if self.device.type == "cpu":
             feeds = {name: tensor.detach().to("cpu", self.input_types[name][0]).contiguous().numpy()
                      for name, tensor in inputs.items()}
@@ -120,7 +116,7 @@ class OrtNetwork:
         return outputs
 
 
-class OnnxRuntimeBackend:
+class OnnxRuntimeBackend(EngineBackend):
     name = "onnxruntime"
     title = "ONNX Runtime"
     precisions = ("fp32",)
@@ -136,21 +132,18 @@ class OnnxRuntimeBackend:
     def version(self) -> str:
         return require_onnxruntime().__version__
 
-    def device_description(self) -> dict[str, str]:
-        return {}
-
-    def build(self, graphs: Mapping[str, Path], contracts: Mapping[str, NetworkContract], profile: Profile,
-              facts: ModelFacts, precision: str, staging: Path, options: BuildOptions, stage: Stage) -> dict[str, str]:
+    def build(self, graphs: Mapping[str, Path], target: BuildTarget, stage: Stage) -> dict[str, str]:
         return {component: graph.name for component, graph in graphs.items()}
 
-    def open(self, files: Mapping[str, Path], contracts: Mapping[str, NetworkContract], mode: str,
-             options: OpenOptions, precision: str = "fp32") -> Networks:
+    def check_open(self, options: OpenOptions, precision: str) -> None:
         if options.cuda_graphs:
             raise UserError("CUDA graphs are a TensorRT option; ONNX Runtime engines run without them")
-        networks = {name: OrtNetwork(files[name], contracts[name], options.device) for name in files}
-        unet = networks["unet"]
-        return Networks(f"onnxruntime-{unet.device.type}", networks["text_encoder"], {mode: unet},
-                        networks["vae_decoder"], precision, self.version())
+
+    def open_network(self, file: Path, contract: NetworkContract, options: OpenOptions, precision: str) -> OrtNetwork:
+        return OrtNetwork(file, contract, options.device)
+
+    def label(self, networks: Mapping[str, ContractNetwork], options: OpenOptions, precision: str) -> str:
+        return f"onnxruntime-{networks['unet'].device.type}"
 
 
 BACKEND = OnnxRuntimeBackend()

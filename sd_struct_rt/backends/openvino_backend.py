@@ -16,10 +16,10 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from ..contract import ModelFacts, NetworkContract, Profile
+from ..contract import NetworkContract
 from ..errors import UserError
 from ..files import reporting
-from . import BuildOptions, Networks, OpenOptions, Stage
+from . import BuildTarget, ContractNetwork, EngineBackend, OpenOptions, Stage
 
 INSTALL_HINT = "pip install 'sd-struct-rt[openvino]'"
 PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16"}
@@ -45,27 +45,25 @@ def require_precision(core, precision: str) -> None:
                         "(AVX512-BF16 or AMX); build with --precision fp32")
 
 
-class OpenVINONetwork:
+class OpenVINONetwork(ContractNetwork):
     """One compiled OpenVINO model behind the ``Network`` protocol (CPU tensors in and out)."""
 
-    def __init__(self, compiled, contract: NetworkContract):
+    def __init__(self, compiled, contract: NetworkContract, source: object = "an OpenVINO model"):
         self.compiled, self.contract = compiled, contract
         self.request = compiled.create_infer_request()
-        # A port may carry several tensor names (an input that feeds a Cast is also the Cast's);
-        # the contract's name is the one we speak.
         inputs, self.outputs = self._named(compiled.inputs, contract.input_names), \
             self._named(compiled.outputs, contract.output_names)
+        self.check_names(source, list(inputs), list(self.outputs))
         self.input_dtypes = {name: np.dtype(port.get_element_type().to_dtype()) for name, port in inputs.items()}
 
     @staticmethod
     def _named(ports, names: list[str]) -> dict:
-        found = {name: port for port in ports for name in port.get_names() if name in names}
-        if sorted(found) != sorted(names) or len(ports) != len(names):
-            raise UserError(f"an OpenVINO model has {[sorted(port.get_names()) for port in ports]}, not {names}; "
-                            "rebuild it with: sdrt build-engine --backend openvino")
-        return found
+        """Each port by the name we speak: a port may carry several tensor names (an input that
+        feeds a Cast is also the Cast's), and the contract's one is ours."""
+        return {next((name for name in sorted(port.get_names()) if name in names), min(port.get_names(), default="?")):
+                port for port in ports}
 
-    def __call__(self, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+    def run(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         feeds = {name: np.ascontiguousarray(tensor.detach().to("cpu").numpy().astype(self.input_dtypes[name],
                                                                                     copy=False))
                  for name, tensor in inputs.items()}
@@ -75,7 +73,7 @@ class OpenVINONetwork:
                 for name, port in self.outputs.items()}
 
 
-class OpenVINOBackend:
+class OpenVINOBackend(EngineBackend):
     name = "openvino"
     title = "OpenVINO"
     precisions = ("fp32", "bf16")
@@ -96,38 +94,47 @@ class OpenVINOBackend:
         return {"name": core.get_property("CPU", "FULL_DEVICE_NAME"),
                 "capabilities": " ".join(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))}
 
-    def build(self, graphs: Mapping[str, Path], contracts: Mapping[str, NetworkContract], profile: Profile,
-              facts: ModelFacts, precision: str, staging: Path, options: BuildOptions, stage: Stage) -> dict[str, str]:
+    def build(self, graphs: Mapping[str, Path], target: BuildTarget, stage: Stage) -> dict[str, str]:
         openvino = require_openvino()
         core = openvino.Core()
-        require_precision(core, precision)
+        require_precision(core, target.precision)
         files = {}
         for component, graph in graphs.items():
             stage(f"converting the {component.replace('_', ' ')} to OpenVINO IR")
-            target = staging / f"{component}.xml"
+            ir = target.staging / f"{component}.xml"
             # Weights stay float32 in the IR; bf16 is a compile-time choice, so one IR serves both.
-            openvino.save_model(core.read_model(str(graph)), str(target), compress_to_fp16=False)
-            files[component] = target.name
+            openvino.save_model(core.read_model(str(graph)), str(ir), compress_to_fp16=False)
+            files[component] = ir.name
         return files
 
-    def open(self, files: Mapping[str, Path], contracts: Mapping[str, NetworkContract], mode: str,
-             options: OpenOptions, precision: str = "fp32") -> Networks:
+    def check_open(self, options: OpenOptions, precision: str) -> None:
         if options.cuda_graphs:
             raise UserError("CUDA graphs are a TensorRT option; OpenVINO engines run on the CPU")
         if options.device not in ("auto", "cpu"):
             raise UserError(f"OpenVINO engines run on the CPU here, not on device {options.device!r}")
+        require_precision(self._core(), precision)
+        with reporting("write the OpenVINO model cache", self._cache):
+            self._cache.mkdir(parents=True, exist_ok=True)
+
+    def open_network(self, file: Path, contract: NetworkContract, options: OpenOptions,
+                     precision: str) -> OpenVINONetwork:
+        config = {"INFERENCE_PRECISION_HINT": PRECISION_HINTS[precision], "PERFORMANCE_HINT": "LATENCY"}
+        return OpenVINONetwork(self._core().compile_model(str(file), "CPU", config), contract, file)
+
+    def label(self, networks: Mapping[str, ContractNetwork], options: OpenOptions, precision: str) -> str:
+        return f"openvino-cpu{'-bf16' if precision == 'bf16' else ''}"
+
+    @property
+    def _cache(self) -> Path:
         from ..paths import cache_dir
 
+        return cache_dir() / "openvino"
+
+    def _core(self):
+        """An OpenVINO core that caches what it compiles in our cache folder."""
         core = _core()
-        require_precision(core, precision)
-        with reporting("write the OpenVINO model cache", cache_dir() / "openvino"):
-            (cache_dir() / "openvino").mkdir(parents=True, exist_ok=True)
-        core.set_property({"CACHE_DIR": str(cache_dir() / "openvino")})
-        config = {"INFERENCE_PRECISION_HINT": PRECISION_HINTS[precision], "PERFORMANCE_HINT": "LATENCY"}
-        networks = {name: OpenVINONetwork(core.compile_model(str(files[name]), "CPU", config), contracts[name])
-                    for name in files}
-        return Networks(f"openvino-cpu{'-bf16' if precision == 'bf16' else ''}", networks["text_encoder"],
-                        {mode: networks["unet"]}, networks["vae_decoder"], precision, self.version())
+        core.set_property({"CACHE_DIR": str(self._cache)})
+        return core
 
 
 BACKEND = OpenVINOBackend()

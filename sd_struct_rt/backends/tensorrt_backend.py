@@ -18,9 +18,9 @@ from typing import Mapping, NamedTuple
 
 import torch
 
-from ..contract import ModelFacts, NetworkContract, Profile, ShapeRange
+from ..contract import NetworkContract, ShapeRange
 from ..errors import UserError
-from . import BuildOptions, Networks, OpenOptions, Stage
+from . import BuildTarget, ContractNetwork, EngineBackend, OpenOptions, Stage
 from .tensorrt_build import INSTALL_HINT, PRECISIONS, build_engine, device_description, require_cuda, require_tensorrt
 
 TORCH_DTYPES = {"FLOAT": torch.float32, "HALF": torch.float16, "BF16": torch.bfloat16,
@@ -33,7 +33,7 @@ class CapturedRun(NamedTuple):
     output_shapes: dict[str, tuple[int, ...]]
 
 
-class TrtEngine:
+class TrtEngine(ContractNetwork):
     """One engine, its execution context, its buffers and (optionally) a CUDA graph of its run.
 
     With ``cuda_graphs``, a call with new input shapes runs normally (the warm-up TensorRT
@@ -66,14 +66,10 @@ class TrtEngine:
                             if self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT]
         self.output_names = [name for name in names if name not in self.input_names]
         self.dtypes = {name: self._torch_dtype(name) for name in names}
-        self.profile_ranges = {
+        self.accepted = {  # the engine's own profile, until the set's manifest names it
             name: ShapeRange(*(tuple(shape) for shape in self.engine.get_tensor_profile_shape(name, 0)))
             for name in self.input_names}
-        if sorted(self.input_names) != sorted(contract.input_names) or \
-                sorted(self.output_names) != sorted(contract.output_names):
-            raise UserError(f"{path} takes {sorted(self.input_names)} and gives {sorted(self.output_names)}, "
-                            f"not {sorted(contract.input_names)} -> {sorted(contract.output_names)}; "
-                            "rebuild it with: sdrt build-engine")
+        self.check_names(path, self.input_names, self.output_names)
         self.stream = torch.cuda.Stream(self.device)  # capture needs a non-default stream
         self._buffers: dict[str, torch.Tensor] = {}
         self._captured: CapturedRun | None = None
@@ -85,9 +81,8 @@ class TrtEngine:
                             "feed; rebuild it with: sdrt build-engine")
         return TORCH_DTYPES[dtype.name]
 
-    def __call__(self, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+    def run(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         shapes = {name: tuple(tensor.shape) for name, tensor in inputs.items()}
-        self.contract.check_shapes(shapes, self.profile_ranges)
         key = tuple(shapes[name] for name in self.input_names)
         caller = torch.cuda.current_stream(self.device)
         self.stream.wait_stream(caller)
@@ -140,7 +135,7 @@ class TrtEngine:
         return graph
 
 
-class TensorRTBackend:
+class TensorRTBackend(EngineBackend):
     name = "tensorrt"
     title = "TensorRT"
     precisions = PRECISIONS
@@ -164,25 +159,25 @@ class TensorRTBackend:
     def device_description(self) -> dict[str, str]:
         return device_description()
 
-    def build(self, graphs: Mapping[str, Path], contracts: Mapping[str, NetworkContract], profile: Profile,
-              facts: ModelFacts, precision: str, staging: Path, options: BuildOptions, stage: Stage) -> dict[str, str]:
+    def build(self, graphs: Mapping[str, Path], target: BuildTarget, stage: Stage) -> dict[str, str]:
         files = {}
         for component, graph in graphs.items():
-            stage(f"building the TensorRT {component} engine ({precision})")
-            plan = staging / f"{component}.plan"
-            build_engine(graph, plan, contracts[component].profile_shapes(profile), precision,
-                         options.optimization_level, options.timing_cache)
+            stage(f"building the TensorRT {component} engine ({target.precision})")
+            plan = target.staging / f"{component}.plan"
+            build_engine(graph, plan, target.contracts[component].profile_shapes(target.profile), target.precision,
+                         target.options.optimization_level, target.options.timing_cache)
             files[component] = plan.name
         return files
 
-    def open(self, files: Mapping[str, Path], contracts: Mapping[str, NetworkContract], mode: str,
-             options: OpenOptions, precision: str = "fp16") -> Networks:
+    def check_open(self, options: OpenOptions, precision: str) -> None:
         if options.device not in ("auto", "cuda"):
             raise UserError(f"TensorRT engines run on CUDA, not on device {options.device!r}")
-        engines = {name: TrtEngine(files[name], contracts[name], options.cuda_graphs) for name in files}
-        label = "tensorrt" + ("-cuda-graphs" if options.cuda_graphs else "")
-        return Networks(label, engines["text_encoder"], {mode: engines["unet"]}, engines["vae_decoder"],
-                        precision, self.version())
+
+    def open_network(self, file: Path, contract: NetworkContract, options: OpenOptions, precision: str) -> TrtEngine:
+        return TrtEngine(file, contract, options.cuda_graphs)
+
+    def label(self, networks: Mapping[str, ContractNetwork], options: OpenOptions, precision: str) -> str:
+        return "tensorrt" + ("-cuda-graphs" if options.cuda_graphs else "")
 
 
 BACKEND = TensorRTBackend()

@@ -13,10 +13,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..modes import ROLES
+from ..modes import ROLES, VALUES
 from ..contract import NetworkContract
 from ..errors import UserError
-from . import Networks
+from . import ContractNetwork, Networks
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 
@@ -31,7 +31,7 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-class TorchNetwork:
+class TorchNetwork(ContractNetwork):
     """One torch module behind the ``Network`` protocol."""
 
     def __init__(self, module: nn.Module, contract: NetworkContract, device: torch.device, dtype: torch.dtype):
@@ -39,7 +39,7 @@ class TorchNetwork:
         self.contract, self.device, self.dtype = contract, device, dtype
 
     @torch.inference_mode()
-    def __call__(self, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+    def run(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         ordered = [inputs[spec.name].to(self.device, self.dtype if spec.dtype.is_floating_point and not spec.exact
                                         else spec.dtype)
                    for spec in self.contract.inputs]
@@ -57,20 +57,23 @@ class TorchBackend:
         return None
 
     def open_model(self, model: Any, family: Any, device: str = "auto", precision: str = "fp32") -> Networks:
-        """Every mode's UNet over one set of weights, with the text encoder and the VAE decoder."""
+        """Every role's UNet over one set of weights, with the text encoder and the VAE decoder;
+        the UNets can record their attention."""
         where = resolve_device(device)
         if precision not in DTYPES:
             raise UserError(f"the torch backend runs in {' or '.join(DTYPES)}, not {precision!r}")
         if precision == "fp16" and where.type != "cuda":
             raise UserError("float16 needs a CUDA device; the CPU reference runs in float32")
         dtype = DTYPES[precision]
-        networks = {mode: {name: TorchNetwork(module, family.networks(model.facts, mode)[name], where, dtype)
-                           for name, module in family.torch_modules(model, mode).items()}
-                    for mode in ROLES}
-        shared = networks[ROLES[0]]  # text encoder and VAE do not depend on the mode
+        contracts = {role: family.networks(model.facts, role) for role in ROLES}
+
+        def network(component: str, role: str) -> TorchNetwork:
+            return TorchNetwork(family.torch_module(model, component, role), contracts[role][component], where, dtype)
+
+        unets = {role: network("unet", role) for role in ROLES}
         label = f"torch-{where.type}" + ("-fp16" if precision == "fp16" else "")
-        return Networks(label, shared["text_encoder"], {mode: networks[mode]["unet"] for mode in ROLES},
-                        shared["vae_decoder"], precision, torch.__version__)
+        return Networks(label, network("text_encoder", VALUES.name), unets, network("vae_decoder", VALUES.name),
+                        precision, torch.__version__, attention={role: unet.module for role, unet in unets.items()})
 
 
 BACKEND = TorchBackend()

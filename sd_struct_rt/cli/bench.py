@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..backends import names
 from ..errors import UserError
-from ..inputs import MAX_LEVELS
+from ..modes import MAX_LEVELS
 from . import options
 
 EXAMPLE = """examples:

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..backends import REGISTRY, names
-from ..inputs import MAX_LEVELS
+from ..modes import MAX_LEVELS, ROLES
 from . import options
 
 EXAMPLE = """examples:
@@ -31,7 +31,7 @@ def add_to(commands) -> None:
     parser.add_argument("--backend", choices=["auto", *names(builds_engines=True)], default="auto",
                         help="auto: the first of these that runs here: "
                              f"{', '.join(names(builds_engines=True))} [default: auto]")
-    parser.add_argument("--mode", choices=["values", "keys"], default="values",
+    parser.add_argument("--mode", choices=ROLES, default="values",
                         help="which role the stacked levels play in the UNet; either mode also serves plain "
                              "[default: values]")
     parser.add_argument("--batch", type=options.int_range("--batch"), default=(1, 4), metavar="MIN:MAX",

@@ -66,14 +66,13 @@ def run(args) -> None:
     seeds = [args.seed + column for column in range(args.seeds)]
     common = dict(num_inference_steps=args.steps, guidance_scale=args.guidance, width=args.width,
                   height=args.height, scheduler=args.scheduler)
-    for mode in modes:
-        pipe.check_inputs([prompt] * len(seeds), seed=seeds, mode=mode, **common)
+    requests = [pipe.check_inputs([prompt] * len(seeds), seed=seeds, mode=mode, **common) for mode in modes]
     options.announce(f"backend {pipe.backend}", args)
     rows = []
-    for mode in modes:
+    for mode, request in zip(modes, requests):
         bar = options.ProgressBar(args, f"{mode}")
         try:
-            rows.append(pipe([prompt] * len(seeds), seed=seeds, mode=mode, progress=bar, **common).images)
+            rows.append(pipe.generate(pipe.prepare(request, bar)).images)
         finally:
             bar.close()
     sheet = contact_sheet(rows, modes, [f"seed {seed}" for seed in seeds], title=prompt, scale=args.scale)

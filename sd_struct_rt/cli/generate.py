@@ -76,7 +76,6 @@ def read_prompts_file(path: Path) -> list[str]:
 
     from .. import inputs
     from ..files import os_error_line
-    from ..text import preprocess
 
     try:
         text = path.read_bytes().decode("utf-8")
@@ -93,9 +92,7 @@ def read_prompts_file(path: Path) -> list[str]:
     if not lines:
         raise UserError(f"prompts file {path} is empty; write one prompt per line")
     for number, line in enumerate(lines, start=1):
-        lines[number - 1] = line = inputs.text(line, f"{path} line {number}")
-        if not preprocess(line):
-            raise UserError(f"{path} line {number} is empty; write one prompt per line, no blank lines")
+        lines[number - 1] = inputs.prompt(line, f"{path} line {number}", "write one prompt per line, no blank lines")
     return lines
 
 
@@ -110,16 +107,13 @@ def _targets(args) -> list[tuple[str, int, Path]]:
     """(prompt, seed, output path) of every image asked for, checked before any model loads."""
     from .. import inputs
     from ..files import check_writable_folder
-    from ..text import preprocess
 
     if args.prompts_file is None:
         if args.prompt is None:
             raise UserError("give a prompt, or --prompts-file FILE with one prompt per line")
         if args.out_dir is not None:
             raise UserError("--out-dir goes with --prompts-file; for one prompt use --out FILE.png")
-        prompt = inputs.text(args.prompt, "the prompt")
-        if not preprocess(prompt):
-            raise UserError("the prompt is empty; say what to draw")
+        prompt = inputs.prompt(args.prompt, "the prompt")
         check_writable_folder(args.out)
         return [(prompt, args.seed, args.out)]
     if args.prompt is not None:
@@ -178,20 +172,19 @@ def run(args) -> None:
 
 def _generate(args, targets: list[tuple[str, int, Path]], parser) -> None:
     from ..attention_maps import write_attention_maps
-    from ..structure import analyse
     from ..text import content_tokens, token_count
 
     pipe = open_pipeline(args)
+    maps = args.attention_maps is not None
+    if maps:  # the flag's own name in the refusal; engines cannot give maps: said before any work
+        pipe.check_attention_downsampling(args.mode, args.attention_downsampling, "--attention-downsampling")
     common = dict(num_inference_steps=args.steps, guidance_scale=args.guidance, negative_prompt=args.negative_prompt,
                   width=args.width, height=args.height, mode=args.mode, parser=parser, max_levels=args.max_levels,
-                  scheduler=args.scheduler)
+                  scheduler=args.scheduler, attention_maps=maps, attention_downsampling=args.attention_downsampling)
     prompts, seeds, outs = (list(column) for column in zip(*targets))
     batches = [slice(start, start + args.batch_size) for start in range(0, len(targets), args.batch_size)]
     # Every batch (the last may be smaller) is checked before the first image is made.
-    for batch in batches:
-        pipe.check_inputs(prompts[batch], seed=seeds[batch], **common)
-    if args.attention_maps is not None:  # engines cannot give them: say so before any work
-        pipe.check_attention_downsampling(args.mode, args.attention_downsampling, "--attention-downsampling")
+    requests = [pipe.check_inputs(prompts[batch], seed=seeds[batch], **common) for batch in batches]
     if args.prompts_file is not None:
         # CLIP would truncate these silently; in a file of prompts that is almost always a mistake.
         limit = content_tokens(pipe.tokenizer)
@@ -199,14 +192,13 @@ def _generate(args, targets: list[tuple[str, int, Path]], parser) -> None:
             if (count := token_count(pipe.tokenizer, prompt)) > limit:
                 raise UserError(f"{args.prompts_file} line {line} has {count} tokens but CLIP reads {limit}; "
                                 "shorten it")
-    structured = [analyse(prompt, parser, pipe.tokenizer) for prompt in prompts]
+    # Every prompt parsed before the first image, so that what it warns of comes first.
+    structured = [pipe.structure(request) for request in requests]
     options.announce(f"backend {pipe.backend}", args)  # every input checked by now
-    for number, batch in enumerate(batches, start=1):
+    for number, (batch, request) in enumerate(zip(batches, requests), start=1):
         bar = options.ProgressBar(args, "denoising" if len(batches) == 1 else f"batch {number}/{len(batches)}")
         try:
-            result = pipe(structured[batch], seed=seeds[batch], progress=bar,
-                          attention_maps=args.attention_maps is not None,
-                          attention_downsampling=args.attention_downsampling, **common)
+            result = pipe.generate(pipe.prepare(request, bar, structured[number - 1]))
         finally:
             bar.close()
         for index, out in enumerate(outs[batch]):

@@ -123,14 +123,14 @@ def embedded_drawing_defaults() -> dict[str, dict]:
     """What each embedded model's folder records (``sdrt_defaults.json``), read from the package alone."""
     from pathlib import Path
 
-    from ..model import EMBEDDED_MODELS, embedded_config_root, read_drawing_defaults
+    from ..families import read_drawing_defaults
+    from ..model import EMBEDDED_MODELS, embedded_config_root
 
     return {name: read_drawing_defaults(Path(str(embedded_config_root(name)))) for name in EMBEDDED_MODELS}
 
 
 def add_structure_options(parser: argparse.ArgumentParser, with_plain: bool) -> None:
-    from ..inputs import DEFAULT_MAX_LEVELS, MAX_LEVELS
-    from ..modes import MODES
+    from ..modes import DEFAULT_MAX_LEVELS, MAX_LEVELS, MODES
     from ..structure.parsers import DEFAULT_SPACY_MODEL, PARSERS
 
     group = parser.add_argument_group("structure (which noun phrases become levels)")

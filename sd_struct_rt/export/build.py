@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 
 from .. import __version__
-from ..backends import BuildOptions, EngineBackend, Stage, engine_backend, require_available
+from ..backends import BuildOptions, BuildTarget, EngineBackend, Stage, engine_backend, require_available
 from ..contract import Profile
 from ..errors import InputError, UserError
 from ..families import COMPONENTS
@@ -138,7 +138,7 @@ def build_engine_set(model_ref: str, backend_name: str, mode: str, profile: Prof
             stage("checking the graphs")
             check_graphs(graphs, family.cross_attention_count(model))
             contracts = family.networks(model.facts, mode)
-            engine_files = backend.build(graphs, contracts, profile, model.facts, precision, staging, options, stage)
+            engine_files = backend.build(graphs, BuildTarget(contracts, profile, precision, staging, options), stage)
             stage("writing the manifest")
             _copy_runtime_files(model.folder, staging, family.tokenizer_folders)
             files = {str(p.relative_to(staging)): file_sha256(p)

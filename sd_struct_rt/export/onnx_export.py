@@ -66,19 +66,18 @@ def export_network(module: nn.Module, contract: NetworkContract, destination: Pa
 
 def export_graphs(model: Any, family: Family, mode: str, folder: Path,
                   stage: Callable[[str], None] = lambda name: None) -> dict[str, Path]:
-    """``<folder>/<component>.onnx`` (and its ``.data``) for every component, the UNet in ``mode``."""
+    """``<folder>/<component>.onnx`` (and its ``.data``) for every component, the UNet in ``mode``.
+
+    The model's UNet keeps the structured processor the family gives it (plain calls compute what
+    diffusers' own does, SPEC P1)."""
     contracts = family.networks(model.facts, mode)
-    processors = model.unet.attn_processors
-    try:
-        modules = family.torch_modules(model, mode)
-        graphs = {}
-        for component in COMPONENTS:
-            stage(f"exporting the {component.replace('_', ' ')}{f' ({mode} mode)' if component == 'unet' else ''} "
-                  "to ONNX")
-            graphs[component] = export_network(modules[component], contracts[component], folder / f"{component}.onnx")
-        return graphs
-    finally:
-        model.unet.set_attn_processor(processors)  # the structured UNet swapped them; the model stays as it was
+    modules = family.torch_modules(model, mode)
+    graphs = {}
+    for component in COMPONENTS:
+        stage(f"exporting the {component.replace('_', ' ')}{f' ({mode} mode)' if component == 'unet' else ''} "
+              "to ONNX")
+        graphs[component] = export_network(modules[component], contracts[component], folder / f"{component}.onnx")
+    return graphs
 
 
 def graph_files(graph: Path) -> list[Path]:

@@ -17,6 +17,7 @@ from ..contract import ModelFacts, NetworkContract
 from ..errors import UserError
 
 COMPONENTS = ("text_encoder", "unet", "vae_decoder")
+DRAWING_DEFAULTS_NAME = "sdrt_defaults.json"  # a model folder's own steps and guidance scale
 # family name -> module; the order is the order in which families are asked to claim a folder.
 FAMILY_MODULES = {"sdxl": "sd_struct_rt.families.sdxl", "sd2": "sd_struct_rt.families.sd2",
                   "sd1": "sd_struct_rt.families.sd1"}
@@ -43,11 +44,18 @@ class Family(Protocol):
     def load(self, folder: Path, model_id: str) -> Any:
         """Every part of the model, float32 on the CPU."""
 
+    def load_tokenizers(self, folder: Path) -> tuple:
+        """The tokenizers of a model folder or an engine set, in ``tokenizer_folders``' order."""
+
     def networks(self, facts: ModelFacts, mode: str) -> dict[str, NetworkContract]:
         """The contract of each component; ``mode`` names the UNet's level input."""
 
-    def torch_modules(self, model: Any, mode: str) -> dict[str, Any]:
-        """Per component, the ``nn.Module`` that takes the contract's inputs in order."""
+    def torch_module(self, model: Any, component: str, role: str = "values") -> Any:
+        """The ``nn.Module`` of ``component`` that takes its contract's inputs in order (the UNet:
+        ``role``'s structured UNet, over the model's own UNet given the structured processor)."""
+
+    def torch_modules(self, model: Any, role: str) -> dict[str, Any]:
+        """``torch_module`` of every component, the UNet's for ``role``."""
 
     def unet_inputs(self, sample: Any, timestep: Any, conditioning: Any, mode: str,
                     facts: ModelFacts) -> dict[str, Any]:
@@ -90,3 +98,27 @@ def family_of_folder(folder: Path) -> Family:
     raise UserError(f"{folder} holds a {pipeline_class!r} model, which sd-struct-rt does not support; give a "
                     "Stable Diffusion 1.x, 2.x or XL base text-to-image folder (StableDiffusionPipeline or "
                     "StableDiffusionXLPipeline)")
+
+
+def read_drawing_defaults(folder: Path) -> dict:
+    """``default_guidance_scale`` and ``default_steps`` from the folder's ``DRAWING_DEFAULTS_NAME``,
+    as ``ModelFacts`` fields (empty when the folder has none); a damaged file is one line."""
+    from .. import inputs
+    from ..errors import InputError
+
+    path = folder / DRAWING_DEFAULTS_NAME
+    if not path.exists():
+        return {}
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(recorded, dict) or set(recorded) - {"guidance_scale", "num_inference_steps"}:
+            raise InputError("it must be a JSON object with guidance_scale and/or num_inference_steps")
+        facts = {}
+        if "guidance_scale" in recorded:
+            facts["default_guidance_scale"] = inputs.guidance(recorded["guidance_scale"])
+        if "num_inference_steps" in recorded:
+            facts["default_steps"] = inputs.steps(recorded["num_inference_steps"])
+        return facts
+    except (OSError, ValueError) as error:
+        reason = str(error) if isinstance(error, InputError) else type(error).__name__
+        raise UserError(f"{path}: unreadable drawing defaults ({reason}); fix or delete the file") from None

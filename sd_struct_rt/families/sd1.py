@@ -32,16 +32,14 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from ..attention import StructuredUNet
-from ..modes import ROLES
+from ..attention import StructuredUNet, structured_attention
+from ..modes import role_named
 from ..contract import (Axis, Fixed, ModelFacts, NetworkContract, Profile, Scaled, TensorSpec, integers_below,
                         uniform_below)
 from ..errors import UserError
-from ..model import read_drawing_defaults
 from ..text import token_ids
+from . import COMPONENTS, read_drawing_defaults
 
-# SPEC section 5: the UNet's stacked-levels input is named after the role the levels play.
-LEVEL_INPUTS = {"values": "value_states", "keys": "key_states"}
 LATENT_CHANNELS = 4
 TRAIN_TIMESTEPS = 1000
 REQUIRED_FILES = ("model_index.json", "unet/config.json", "vae/config.json", "text_encoder/config.json",
@@ -147,6 +145,7 @@ class StableDiffusion1:
     name = "sd1"
     title = "Stable Diffusion 1.x"
     tokenizer_folders = ("tokenizer",)
+    added_conditions: tuple[str, ...] = ()  # the UNet's inputs after level_mask (SDXL's pooled text and sizes)
 
     def claims(self, model_index: Mapping[str, Any], folder: Path) -> bool:
         return model_index.get("_class_name") == "StableDiffusionPipeline" and not _openclip_text_encoder(folder)
@@ -204,9 +203,13 @@ class StableDiffusion1:
             raise UserError(f"{folder}: cannot load the model weights ({reason})") from None
         return StableDiffusionModel(model_id=model_id, folder=folder, facts=self.read_facts(folder), **parts)
 
+    def load_tokenizers(self, folder: Path) -> tuple:
+        from transformers import CLIPTokenizer
+
+        return tuple(CLIPTokenizer.from_pretrained(folder / name) for name in self.tokenizer_folders)
+
     def networks(self, facts: ModelFacts, mode: str) -> dict[str, NetworkContract]:
-        if mode not in LEVEL_INPUTS:
-            raise ValueError(f"mode must be one of {tuple(LEVEL_INPUTS)}, not {mode!r}")
+        level_input = role_named(mode).level_input  # SPEC 5: named after the role the levels play
         dims = Dims(facts)
         scale, step = facts.vae_scale_factor, facts.size_step
 
@@ -241,7 +244,7 @@ class StableDiffusion1:
                  # float32 and exact (SPEC 5): fractional timesteps (Euler, Karras sigmas) pass as given
                  TensorSpec("timestep", torch.float32, (rows,), uniform_below(TRAIN_TIMESTEPS), exact=True),
                  TensorSpec("encoder_hidden_states", torch.float32, (rows, tokens, text_width)),
-                 TensorSpec(LEVEL_INPUTS[mode], torch.float32, (rows, levels, tokens, text_width)),
+                 TensorSpec(level_input, torch.float32, (rows, levels, tokens, text_width)),
                  TensorSpec("level_mask", torch.float32, (rows, levels), draw_level_mask),
                  *self._unet_added_inputs(facts, dims)),
                 (TensorSpec("noise_pred", torch.float32, latents),),
@@ -265,11 +268,20 @@ class StableDiffusion1:
     def _unet_added_inputs(self, facts: ModelFacts, dims: "Dims") -> tuple[TensorSpec, ...]:
         return ()
 
-    def torch_modules(self, model: StableDiffusionModel, mode: str) -> dict[str, nn.Module]:
-        if mode not in ROLES:
-            raise ValueError(f"mode must be one of {ROLES}, not {mode!r}")
-        return {"text_encoder": TextEmbeddings(model.text_encoder), "unet": StructuredUNet(model.unet, mode),
-                "vae_decoder": LatentDecoder(model.vae)}
+    def torch_module(self, model: StableDiffusionModel, component: str, role: str = "values") -> nn.Module:
+        """The module of ``component`` whose forward takes its contract's inputs in order. The UNet's
+        is ``role``'s structured UNet over the model's own, which gets the structured processor here."""
+        if component == "unet":
+            return StructuredUNet(structured_attention(model.unet), role, added=self.added_conditions)
+        if component == "text_encoder":
+            return self._text_encoder_module(model)
+        return LatentDecoder(model.vae)
+
+    def torch_modules(self, model: StableDiffusionModel, role: str) -> dict[str, nn.Module]:
+        return {component: self.torch_module(model, component, role) for component in COMPONENTS}
+
+    def _text_encoder_module(self, model: StableDiffusionModel) -> nn.Module:
+        return TextEmbeddings(model.text_encoder)
 
     def encode_texts(self, network: Any, tokenizers: tuple, texts: list[str],
                      facts: ModelFacts) -> tuple[torch.Tensor, None]:
@@ -279,7 +291,7 @@ class StableDiffusion1:
                     facts: ModelFacts) -> dict[str, torch.Tensor]:
         """The UNet's named inputs for one step; the stacked levels go in under their role's name."""
         return {"sample": sample, "timestep": timestep, "encoder_hidden_states": conditioning.encoder_hidden_states,
-                LEVEL_INPUTS[mode]: conditioning.level_states, "level_mask": conditioning.level_mask}
+                role_named(mode).level_input: conditioning.level_states, "level_mask": conditioning.level_mask}
 
     def cross_attention_count(self, model: StableDiffusionModel) -> int:
         return sum(1 for name, _ in model.unet.named_modules() if name.endswith("attn2"))

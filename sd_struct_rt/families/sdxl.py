@@ -28,12 +28,10 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from ..attention import StructuredUNet
-from ..modes import ROLES
 from ..contract import Fixed, ModelFacts, TensorSpec, integers_below, uniform_below
 from ..errors import UserError
 from ..text import token_ids
-from .sd1 import LATENT_CHANNELS, Dims, LatentDecoder, StableDiffusion1, _read_config
+from .sd1 import LATENT_CHANNELS, Dims, StableDiffusion1, _read_config
 
 ADDED_CONDITIONS = ("text_embeds", "time_ids")
 FOLDER_HINT = ("expected a diffusers-format Stable Diffusion XL base folder (model_index.json, unet/, vae/, "
@@ -85,6 +83,7 @@ class StableDiffusionXL(StableDiffusion1):
     name = "sdxl"
     title = "Stable Diffusion XL"
     tokenizer_folders = ("tokenizer", "tokenizer_2")
+    added_conditions = ADDED_CONDITIONS
 
     def claims(self, model_index: Mapping[str, Any], folder: Path) -> bool:
         return model_index.get("_class_name") == "StableDiffusionXLPipeline"
@@ -150,12 +149,8 @@ class StableDiffusionXL(StableDiffusion1):
         return (TensorSpec("text_embeds", torch.float32, (dims.rows, pooled)),
                 TensorSpec("time_ids", torch.float32, (dims.rows, sizes), uniform_below(1024)))
 
-    def torch_modules(self, model: StableDiffusionXLModel, mode: str) -> dict[str, nn.Module]:
-        if mode not in ROLES:
-            raise ValueError(f"mode must be one of {ROLES}, not {mode!r}")
-        return {"text_encoder": TextEncodersXL(model.text_encoder, model.text_encoder_2),
-                "unet": StructuredUNet(model.unet, mode, added=ADDED_CONDITIONS),
-                "vae_decoder": LatentDecoder(model.vae)}
+    def _text_encoder_module(self, model: StableDiffusionXLModel) -> nn.Module:
+        return TextEncodersXL(model.text_encoder, model.text_encoder_2)
 
     def encode_texts(self, network: Any, tokenizers: tuple, texts: list[str],
                      facts: ModelFacts) -> tuple[torch.Tensor, torch.Tensor]:

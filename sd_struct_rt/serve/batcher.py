@@ -28,11 +28,9 @@ from typing import Any, Callable
 
 import torch
 
-from ..conditioning import Conditioning, stack_rows
+from ..conditioning import stack_rows
 from ..errors import InputError, UserError
-from ..pipeline import Request, StructuredDiffusionPipeline
-from ..sampling import DenoisingRun, seeded_generators
-from ..structure.spans import StructuredPrompt
+from ..pipeline import Prepared, StructuredDiffusionPipeline
 from . import POLICIES
 
 ROWS_PER_PROMPT = 2  # classifier-free guidance
@@ -48,18 +46,19 @@ class Draining(UserError):
 
 @dataclass
 class Job:
-    request: Request
-    structured: list[StructuredPrompt]
-    conditioning: Conditioning
-    run: DenoisingRun
-    role: str  # the UNet role ("values" or "keys") its rows need
+    prepared: Prepared
     future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
     arrived: float = field(default_factory=time.monotonic)
 
     @property
+    def run(self):
+        return self.prepared.run
+
+    @property
     def group(self) -> tuple:
         """Jobs share a UNet call only within a group: same image size, same UNet."""
-        return self.request.width, self.request.height, self.role
+        request = self.prepared.request
+        return request.width, request.height, request.role
 
 
 @dataclass
@@ -94,7 +93,8 @@ class Batcher:
     # --- the callers' side ------------------------------------------------------------------
 
     def submit(self, prompt: str, **arguments: Any) -> concurrent.futures.Future:
-        """Check and prepare one request (stages 1-4) and queue it; the future gets its output.
+        """Check and prepare one request (``check_inputs``, ``prepare``) and queue it; the future gets
+        its output.
 
         Every refusal (bad input, full queue, draining) happens here, before the request
         reaches a batch.
@@ -110,12 +110,7 @@ class Batcher:
             with self._changed:
                 if len(self.queue) >= self.queue_limit:
                     raise QueueFull(f"{len(self.queue)} requests are waiting already; retry later")
-            structured = self.pipe.structure(request)
-            conditioning = self.pipe.condition(structured, request)
-            generators = seeded_generators(list(request.seeds))
-            run = self.pipe.denoising_run(request, self.pipe.initial_latents(request, generators), conditioning,
-                                          generators)
-        job = Job(request, structured, conditioning, run, self.pipe.unet_for(request.mode)[0])
+            job = Job(self.pipe.prepare(request))
         with self._changed:
             if self.draining:
                 raise Draining("the service is shutting down; send the request to another replica or retry later")
@@ -208,8 +203,8 @@ class Batcher:
         sample, timestep = torch.cat([each[0] for each in inputs]), torch.cat([each[1] for each in inputs])
         started = time.perf_counter()
         try:
-            noise = self.pipe.predict_noise(sample, timestep, stack_rows([job.conditioning for job in jobs]),
-                                            jobs[0].role)
+            noise = self.pipe.predict_noise(sample, timestep, stack_rows([job.prepared.conditioning for job in jobs]),
+                                            jobs[0].prepared.request.role)
         except Exception as error:  # the engine failed: every request of the call fails with it
             self._finish(jobs, error=error)
             return
@@ -232,7 +227,7 @@ class Batcher:
         if error is None:
             # One VAE call for every request that finished at this step (same group, same size).
             try:
-                images = self.pipe.decode(torch.cat([job.run.latents for job in jobs]))
+                outputs = self.pipe.outputs([job.prepared for job in jobs])
             except Exception as decode_error:
                 error = decode_error
         with self._changed:
@@ -241,7 +236,7 @@ class Batcher:
                     self.active.remove(job)
             self._report_load()
         for index, job in enumerate(jobs):
-            outcome = error or self.pipe.output(job.request, job.structured, images[index:index + 1])
+            outcome = error or outputs[index]
             try:
                 job.future.set_exception(outcome) if error else job.future.set_result(outcome)
             except concurrent.futures.InvalidStateError:
