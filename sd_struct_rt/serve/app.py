@@ -28,6 +28,7 @@ from fastapi.responses import JSONResponse, Response
 from ray import serve
 
 from ..errors import InputError, UserError
+from .policy import DEFAULT_POLICY, policy_named
 
 STATE_NAMESPACE = "sdrt"
 MAX_BODY_BYTES = 64 * 1024  # a prompt is at most 1000 characters; this is generous
@@ -273,6 +274,7 @@ def build_app(args: dict):
     source = {"engine": args["engine"]} if args.get("engine") else {"model": args.get("model", "tiny")}
     state_name = args.get("state_name", STATE_NAME)
     scaling = {key: args[key] for key in ("num_replicas", "autoscaling_config") if args.get(key) is not None}
-    generator = Generator.options(**scaling).bind(source, args.get("policy", "inflight"), args.get("max_batch_rows"),
+    policy = policy_named(args.get("policy", DEFAULT_POLICY)).name  # a bad name fails here, not in each replica
+    generator = Generator.options(**scaling).bind(source, policy, args.get("max_batch_rows"),
                                                   int(args.get("queue_limit", 32)), state_name)
     return Router.bind(generator, state_name)
