@@ -79,7 +79,8 @@ class Batcher:
         profile_rows = (ROWS_PER_PROMPT * pipe.engine_set.manifest.profile.batch[1] if pipe.engine_set
                         else 8 * ROWS_PER_PROMPT)
         if max_batch_rows is not None and max_batch_rows < ROWS_PER_PROMPT:
-            raise InputError(f"max_batch_rows must be at least {ROWS_PER_PROMPT} (one prompt with guidance)")
+            raise InputError(f"must be at least {ROWS_PER_PROMPT} (one prompt with guidance)",
+                             parameter="max_batch_rows")
         self.pipe, self.policy, self.queue_limit = pipe, policy, queue_limit
         self.capacity = min(max_batch_rows or profile_rows, profile_rows)  # the engine profile caps it too
         self.observer = observer or Observer()

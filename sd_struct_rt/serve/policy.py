@@ -116,5 +116,5 @@ DEFAULT_POLICY = Inflight.name
 def policy_named(name: object) -> Policy:
     """The policy called ``name``, or ``InputError`` listing the names."""
     if not isinstance(name, str) or name not in POLICIES:
-        raise InputError(f"policy must be one of {', '.join(POLICIES)}, not {name!r}")
+        raise InputError(f"must be one of {', '.join(POLICIES)}, not {name!r}", parameter="policy")
     return POLICIES[name]()
