@@ -28,9 +28,10 @@ from pathlib import Path
 
 import httpx
 
+from sd_struct_rt.serve.policy import POLICIES as REGISTRY
 from sd_struct_rt.timing import machine_description, write_results
 
-POLICIES = ("single", "static", "inflight")
+POLICIES = tuple(reversed(REGISTRY))  # the baselines first (single, static), in-flight batching last
 PROMPTS = ["a red car and a white sheep", "cats", "a big dog on a small mat with a blue ball", "a cat on a mat",
            "a green bench and a red car", "a yellow bird", "a blue cup on a wooden table", "two dogs"]
 SIZE = 64

@@ -105,19 +105,21 @@ class Profile:
     def __post_init__(self):
         low, high = self.batch
         if not 1 <= low <= high <= MAX_BATCH:
-            raise InputError(f"batch range {low}:{high} must have 1 <= MIN <= MAX <= {MAX_BATCH}")
+            raise InputError(f"range {low}:{high} must have 1 <= MIN <= MAX <= {MAX_BATCH}", parameter="batch")
         low, high = self.size
         if not MIN_SIDE <= low <= high <= MAX_SIDE:
-            raise InputError(f"size range {low}:{high} must have {MIN_SIDE} <= MIN <= MAX <= {MAX_SIDE}")
+            raise InputError(f"range {low}:{high} must have {MIN_SIDE} <= MIN <= MAX <= {MAX_SIDE}",
+                             parameter="size")
         if not 1 <= self.levels <= MAX_LEVELS:
-            raise InputError(f"levels must be between 1 and {MAX_LEVELS}, not {self.levels}")
+            raise InputError(f"must be between 1 and {MAX_LEVELS}, not {self.levels}", parameter="levels")
 
     def require_size_step(self, step: int) -> None:
         """Image sides must be multiples of ``step``: a traced UNet halves its latent evenly only then."""
         low, high = self.size
         if low % step or high % step:
-            raise InputError(f"size range {low}:{high} must be multiples of {step}; "
-                             f"try {max(step, low // step * step)}:{max(step, -(-high // step) * step)}")
+            raise InputError(f"range {low}:{high} must be multiples of {step}; "
+                             f"try {max(step, low // step * step)}:{max(step, -(-high // step) * step)}",
+                             parameter="size")
 
     def widened(self, batch: int, width: int, height: int, step: int) -> dict[str, str]:
         """build-engine options whose ranges cover this profile and the request."""
@@ -136,16 +138,18 @@ class Profile:
         for name, side in (("width", width), ("height", height)):
             if side % step:
                 nearest = sorted({max(step, side // step * step), side // step * step + step})
-                raise InputError(f"{name} {side} is not a multiple of {step}, which every engine of this model "
-                                 f"needs; use {' or '.join(map(str, nearest))}")
-        problems = []
+                raise InputError(f"{side} is not a multiple of {step}, which every engine of this model "
+                                 f"needs; use {' or '.join(map(str, nearest))}", parameter=name)
+        problems = {}  # parameter (the batch is the prompts' count) -> what is wrong with it
         if not self.batch[0] <= batch <= self.batch[1]:
-            problems.append(f"batch {batch} is outside the engine's {self.batch[0]}..{self.batch[1]}")
+            problems["prompt"] = f"batch {batch} is outside the engine's {self.batch[0]}..{self.batch[1]}"
         for name, side in (("width", width), ("height", height)):
             if not self.size[0] <= side <= self.size[1]:
-                problems.append(f"{name} {side} is outside the engine's {self.size[0]}..{self.size[1]}")
+                problems[name] = f"{name} {side} is outside the engine's {self.size[0]}..{self.size[1]}"
         if problems:
-            raise InputError(f"{'; '.join(problems)}; rebuild with: {rebuild}")
+            culprit = next(iter(problems)) if len(problems) == 1 else None  # a parameter only when one is at fault
+            raise InputError(f"{'; '.join(problems.values())}; rebuild with: {rebuild}", parameter=culprit,
+                             leads=False)
 
 
 AxisRanges = Callable[[Profile], Mapping[str, tuple[int, int, int]]]  # axis symbol -> (min, opt, max)

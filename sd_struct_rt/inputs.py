@@ -1,7 +1,8 @@
 """Checks of the numbers a generation takes, shared by the pipeline and the CLI.
 
 Each check is given the name the caller knows the value by (``guidance_scale`` in Python,
-``guidance`` on the command line), so one rule gives both their one-line messages.
+``guidance`` on the command line), so one rule gives both their one-line messages; the
+``InputError`` carries that name as its ``parameter``, which leads the message.
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ MAX_BATCH = 64  # prompts per call: --batch-size, and an engine profile's batch 
 
 def whole_number(value: object, name: str, low: int, high: int, hint: str = "") -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise InputError(f"{name} must be a whole number, not {value!r}")
+        raise InputError(f"must be a whole number, not {value!r}", parameter=name)
     if not low <= value <= high:
-        raise InputError(f"{name} must be between {low} and {high}{hint}, not {value}")
+        raise InputError(f"must be between {low} and {high}{hint}, not {value}", parameter=name)
     return int(value)
 
 
@@ -34,24 +35,24 @@ def steps(value: object, name: str = "num_inference_steps") -> int:
 
 def seed(value: object, name: str = "seed") -> int:
     if isinstance(value, numbers.Integral) and not isinstance(value, bool) and not 0 <= value <= MAX_SEED:
-        raise InputError(f"{name} must be between 0 and 2**63-1, not {value}")
+        raise InputError(f"must be between 0 and 2**63-1, not {value}", parameter=name)
     return whole_number(value, name, 0, MAX_SEED)
 
 
 def guidance(value: object, name: str = "guidance_scale") -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise InputError(f"{name} must be a number, not {value!r}")
+        raise InputError(f"must be a number, not {value!r}", parameter=name)
     if not math.isfinite(value) or value < 0:
-        raise InputError(f"{name} must be 0 or more (7.5 is SD's usual), not {value}")
+        raise InputError(f"must be 0 or more (7.5 is SD's usual), not {value}", parameter=name)
     return float(value)
 
 
 def image_side(value: object, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise InputError(f"{name} must be a whole number of pixels, not {value!r}")
+        raise InputError(f"must be a whole number of pixels, not {value!r}", parameter=name)
     if value % 8:
-        raise InputError(f"{name} {value} is not a multiple of 8 (the VAE works on 8x8 blocks); "
-                         f"try {value // 8 * 8 or 8} or {value // 8 * 8 + 8}")
+        raise InputError(f"{value} is not a multiple of 8 (the VAE works on 8x8 blocks); "
+                         f"try {value // 8 * 8 or 8} or {value // 8 * 8 + 8}", parameter=name)
     return whole_number(value, name, MIN_SIDE, MAX_SIDE)
 
 
@@ -68,14 +69,14 @@ class InputWarning(UserWarning):
 def text(value: object, name: str, limit: int = MAX_PROMPT_CHARACTERS) -> str:
     """A prompt-like string: valid Unicode, not absurdly long; control characters become spaces."""
     if not isinstance(value, str):
-        raise InputError(f"{name} must be a string, not {type(value).__name__}")
+        raise InputError(f"must be a string, not {type(value).__name__}", parameter=name)
     if len(value) > limit:
-        raise InputError(f"{name} has {len(value)} characters, more than the {limit} taken "
-                         "(CLIP reads about the first 300); shorten it")
+        raise InputError(f"has {len(value)} characters, more than the {limit} taken "
+                         "(CLIP reads about the first 300); shorten it", parameter=name)
     bad = _SURROGATE.search(value)
     if bad:
-        raise InputError(f"{name} holds an invalid character at position {bad.start()} (a lone surrogate, "
-                         f"U+{ord(bad.group()):04X}); give valid Unicode text")
+        raise InputError(f"holds an invalid character at position {bad.start()} (a lone surrogate, "
+                         f"U+{ord(bad.group()):04X}); give valid Unicode text", parameter=name)
     cleaned, count = _CONTROL.subn(" ", value)
     if count:
         warnings.warn(f"{name}: {count} control character{'s' if count > 1 else ''} replaced by spaces",
@@ -87,5 +88,5 @@ def prompt(value: object, name: str, hint: str = "say what to draw") -> str:
     """A prompt (``text``) that says something once preprocessed: an empty one is refused with ``hint``."""
     cleaned = text(value, name)
     if not preprocess(cleaned):
-        raise InputError(f"{name} is empty; {hint}")
+        raise InputError(f"is empty; {hint}", parameter=name)
     return cleaned

@@ -48,7 +48,7 @@ MODES: dict[str, Mode] = {mode.name: mode for mode in (
 
 def mode_named(name: object, parameter: str = "mode") -> Mode:
     if not isinstance(name, str) or name not in MODES:
-        raise InputError(f"{parameter} must be one of {', '.join(MODES)}, not {name!r}")
+        raise InputError(f"must be one of {', '.join(MODES)}, not {name!r}", parameter=parameter)
     return MODES[name]
 
 

@@ -260,8 +260,8 @@ class StructuredDiffusionPipeline:
         chosen = tuple(downsampling) if isinstance(downsampling, (list, tuple)) else (downsampling,)
         if not chosen or any(not isinstance(factor, numbers.Integral) or isinstance(factor, bool)
                              or factor not in available for factor in chosen):
-            raise InputError(f"{name} must be among {', '.join(map(str, available))} (this model's "
-                             f"cross-attention layers), not {', '.join(map(repr, chosen)) or 'nothing'}")
+            raise InputError(f"must be among {', '.join(map(str, available))} (this model's cross-attention "
+                             f"layers), not {', '.join(map(repr, chosen)) or 'nothing'}", parameter=name)
         return tuple(int(factor) for factor in chosen)
 
     def recording_unet(self, mode: str) -> AttentionRecording:
@@ -271,7 +271,7 @@ class StructuredDiffusionPipeline:
         chosen = mode_named(mode)
         if chosen.row_per_phrase:
             raise InputError(f"attention maps need one conditional row per prompt; mode {mode!r} has one per "
-                             "phrase: use values, keys or plain")
+                             "phrase: use values, keys or plain", parameter="mode", leads=False)
         recording = self.networks.attention.get(self.role_for(chosen))
         if recording is None:
             raise InputError("attention maps need the torch reference (StructuredDiffusionPipeline.from_pretrained); "
@@ -294,7 +294,7 @@ class StructuredDiffusionPipeline:
         single = isinstance(prompt, (str, StructuredPrompt))
         prompts = _texts(prompt, "prompt", StructuredPrompt)
         if not prompts:
-            raise InputError("prompt is an empty list; give at least one prompt")
+            raise InputError("is an empty list; give at least one prompt", parameter="prompt")
         for index, text in enumerate(prompts):
             name = "the prompt" if single else f"prompt {index}"
             if isinstance(text, StructuredPrompt):
@@ -305,8 +305,8 @@ class StructuredDiffusionPipeline:
         if isinstance(negative_prompt, str):
             negatives = negatives * len(prompts)
         elif len(negatives) != len(prompts):
-            raise InputError(f"negative_prompt has {len(negatives)} entries for {len(prompts)} prompts; "
-                             "give one per prompt or a single string")
+            raise InputError(f"has {len(negatives)} entries for {len(prompts)} prompts; "
+                             "give one per prompt or a single string", parameter="negative_prompt")
         seeds = self._seeds(seed, len(prompts))
         chosen = mode_named(mode)
         role = self.role_for(chosen)
@@ -324,7 +324,7 @@ class StructuredDiffusionPipeline:
         if attention_maps:
             request = replace(request, attention_maps=self.check_attention_downsampling(mode, attention_downsampling))
         elif attention_downsampling is not None:
-            raise InputError("attention_downsampling goes with attention_maps=True")
+            raise InputError("goes with attention_maps=True", parameter="attention_downsampling")
         return request
 
     def check_engine_profile(self, request: Request) -> None:
@@ -354,18 +354,19 @@ class StructuredDiffusionPipeline:
 
         if not fits(steps):
             most = next((count for count in range(min(steps, limit), 0, -1) if fits(count)), 1)
-            raise InputError(f"num_inference_steps {steps} is more than {scheduler_name(scheduler)} with this "
-                             f"model can take; use at most {most}")
+            raise InputError(f"{steps} is more than {scheduler_name(scheduler)} with this model can take; "
+                             f"use at most {most}", parameter="num_inference_steps")
         return steps
 
     def _seeds(self, seed: int | Sequence[int], count: int) -> tuple[int, ...]:
         if isinstance(seed, (list, tuple)):
             if len(seed) != count:
-                raise InputError(f"seed has {len(seed)} entries for {count} prompts; give one per prompt or one int")
+                raise InputError(f"has {len(seed)} entries for {count} prompts; give one per prompt or one int",
+                                 parameter="seed")
             return tuple(inputs.seed(value) for value in seed)
         first = inputs.seed(seed)
         if first + count - 1 > inputs.MAX_SEED:
-            raise InputError(f"seed {first} leaves no room for {count} prompts (prompt i gets seed + i)")
+            raise InputError(f"{first} leaves no room for {count} prompts (prompt i gets seed + i)", parameter="seed")
         return tuple(first + index for index in range(count))
 
     def _parser(self, name: str | Parser | None, phrases: Sequence[str] | None,
@@ -374,14 +375,17 @@ class StructuredDiffusionPipeline:
         trees = [inputs.text(text, "trees", inputs.MAX_TREE_CHARACTERS) for text in _texts(trees or [], "trees")]
         if name is not None and not isinstance(name, str):
             if phrases or trees:
-                raise InputError("phrases and trees go with parser='tree', not with a parser object")
+                raise InputError("phrases and trees go with parser='tree', not with a parser object",
+                                 parameter="parser", leads=False)
             return name
         name = name or ("tree" if phrases or trees else "spacy")
         if name not in PARSERS:
-            raise InputError(f"parser must be one of {', '.join(PARSERS)} or a parser object, not {name!r}")
+            raise InputError(f"must be one of {', '.join(PARSERS)} or a parser object, not {name!r}",
+                             parameter="parser")
         if name != "tree":
             if phrases or trees:
-                raise InputError(f"phrases and trees go with parser='tree', not parser={name!r}")
+                raise InputError(f"phrases and trees go with parser='tree', not parser={name!r}", parameter="parser",
+                                 leads=False)
             return self._parsers.setdefault(name, make_parser(name))
         return make_parser("tree", trees, phrases)
 
@@ -394,7 +398,7 @@ class StructuredDiffusionPipeline:
             from .manifest import expect
 
             expect(self.engine_set.manifest, self.engine_set.folder, mode=role)
-        raise InputError(f"mode {mode.name!r} is not served by this pipeline's {self.backend} UNet")
+        raise InputError(f"{mode.name!r} is not served by this pipeline's {self.backend} UNet", parameter="mode")
 
     # --- 2. prepare: the stages before the UNet ----------------------------------------------
 
@@ -540,7 +544,7 @@ def _texts(value: Any, name: str, *also: type) -> list:
     kinds = (str, *also)
     texts = [value] if isinstance(value, kinds) else value
     if not isinstance(texts, (list, tuple)) or not all(isinstance(text, kinds) for text in texts):
-        raise InputError(f"{name} must be a string or a list of strings, not {type(value).__name__}")
+        raise InputError(f"must be a string or a list of strings, not {type(value).__name__}", parameter=name)
     return list(texts)
 
 

@@ -45,13 +45,13 @@ def make_scheduler(name: str | None, folder_scheduler):
     if name is None:
         return type(folder_scheduler).from_config(folder_scheduler.config)
     if name not in SCHEDULERS:
-        raise InputError(f"scheduler must be one of {', '.join(SCHEDULERS)}, not {name!r}")
+        raise InputError(f"must be one of {', '.join(SCHEDULERS)}, not {name!r}", parameter="scheduler")
     class_name, overrides = SCHEDULERS[name]
     try:
         scheduler_class = getattr(diffusers, class_name)
     except ImportError as error:  # LMS needs scipy
-        raise InputError(f"scheduler {name!r} needs a library that is not installed ({str(error).strip()[:80]})") \
-            from None
+        raise InputError(f"{name!r} needs a library that is not installed ({str(error).strip()[:80]})",
+                         parameter="scheduler") from None
     # Keys of the folder's scheduler that this class does not take are left out, not warned about.
     accepted = inspect.signature(scheduler_class.__init__).parameters
     config = {key: value for key, value in folder_scheduler.config.items() if key in accepted}

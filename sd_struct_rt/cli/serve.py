@@ -25,7 +25,7 @@ then stops Ray Serve and exits 0."""
 
 
 def add_to(commands) -> None:
-    from ..serve import POLICIES
+    from ..serve.policy import DEFAULT_POLICY, POLICIES
 
     parser = commands.add_parser(
         "serve", help="serve generation over HTTP (Ray Serve, in-flight batching)",
@@ -53,7 +53,7 @@ def add_to(commands) -> None:
                         help="requests waiting per replica before new ones get 429 [default: 32]")
     parser.add_argument("--drain-seconds", type=options.positive_int("drain-seconds", 86_400), default=30,
                         help="how long SIGTERM waits for running requests [default: 30]")
-    parser.add_argument("--policy", choices=POLICIES, default="inflight",
+    parser.add_argument("--policy", choices=POLICIES, default=DEFAULT_POLICY,
                         help="inflight: requests join at the next step; static: a batch runs to its end before "
                              "the next starts; single: one at a time (for comparisons) [default: inflight]")
     parser.add_argument("--quiet", action="store_true", help="no status lines")

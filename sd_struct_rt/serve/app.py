@@ -28,6 +28,7 @@ from fastapi.responses import JSONResponse, Response
 from ray import serve
 
 from ..errors import InputError, UserError
+from .policy import DEFAULT_POLICY, policy_named
 
 STATE_NAMESPACE = "sdrt"
 MAX_BODY_BYTES = 64 * 1024  # a prompt is at most 1000 characters; this is generous
@@ -44,6 +45,7 @@ FIELDS: dict[str, tuple[str, tuple[type, ...]]] = {
     "phrases": ("phrases", (list,)),
     "scheduler": ("scheduler", (str,)),
 }
+FIELD_OF = {parameter: name for name, (parameter, _) in FIELDS.items()}  # the pipeline's parameter -> HTTP field
 RETRY_AFTER_SECONDS = 1
 STATE_NAME = "sdrt-state"
 
@@ -67,25 +69,27 @@ def pipeline_arguments(body: Any) -> dict[str, Any]:
     if unknown:
         raise InputError(f"unknown field {unknown[0]!r}; the fields are {', '.join(FIELDS)}")
     if "prompt" not in body:
-        raise InputError("field 'prompt' is required")
+        raise InputError("field 'prompt' is required", parameter="prompt", leads=False)
     arguments = {}
     for name, value in body.items():
         parameter, types = FIELDS[name]
         if isinstance(value, bool) or not isinstance(value, types):
             kinds = " or ".join({str: "a string", int: "a whole number", float: "a number",
                                  list: "a list of strings"}[kind] for kind in types)
-            raise InputError(f"field {name!r} must be {kinds}, not {json.dumps(value)[:40]}")
+            raise InputError(f"field {name!r} must be {kinds}, not {json.dumps(value)[:40]}", parameter=parameter,
+                             leads=False)
         arguments[parameter] = value
     return arguments
 
 
-def http_message(error: BaseException) -> str:
-    """The pipeline's one line, in the HTTP body's field names."""
-    message = str(error)
-    for name, (parameter, _) in FIELDS.items():
-        if parameter != name:
-            message = message.replace(parameter, name)
-    return message
+def error_body(error: BaseException) -> dict[str, str]:
+    """The JSON body of a refusal: ``{"error": its one line}``, plus ``"field"`` when the error is
+    about one; the line then names the field as the HTTP body does (``steps``, not the pipeline's
+    ``num_inference_steps``), by the error's parameter, never by editing its text."""
+    field = FIELD_OF.get(error.parameter) if isinstance(error, InputError) else None
+    if field is None:
+        return {"error": str(error)}
+    return {"error": error.named(field), "field": field}
 
 
 class ServiceState:
@@ -172,7 +176,8 @@ class Generator:
         return {"pid": os.getpid(), "backend": self.pipe.backend}
 
     async def generate(self, arguments: dict) -> dict:
-        """``{"status": 200, "png": ..., "metadata": ...}``, or a status with a one-line error."""
+        """``{"status": 200, "png": ..., "metadata": ...}``, or a status with a one-line error (and the
+        field it is about, see ``error_body``)."""
         from .batcher import Draining, QueueFull
 
         try:
@@ -182,14 +187,14 @@ class Generator:
         except Draining as error:
             return {"status": 503, "error": str(error)}
         except UserError as error:
-            return {"status": 400, "error": http_message(error)}
+            return {"status": 400, **error_body(error)}
         try:
             output = await asyncio.wrap_future(future)
         except asyncio.CancelledError:
             self.batcher.cancel(future)  # the client went away: its rows leave the next call
             raise
         except UserError as error:  # e.g. latents that stopped being finite
-            return {"status": 422, "error": http_message(error)}
+            return {"status": 422, **error_body(error)}
         except Exception as error:  # an engine failure: one line, not a traceback
             return {"status": 500, "error": f"generation failed: {type(error).__name__}: "
                                             f"{str(error).splitlines()[0] if str(error) else ''}"}
@@ -228,8 +233,10 @@ class Router:
         try:
             arguments = pipeline_arguments(json.loads(raw.decode("utf-8")))
         except (ValueError, UnicodeDecodeError) as error:
-            message = str(error) if isinstance(error, InputError) else "the body is not valid JSON"
-            return answer(400, {"error": message.splitlines()[0]})
+            if not isinstance(error, InputError):
+                return answer(400, {"error": "the body is not valid JSON"})
+            body = error_body(error)
+            return answer(400, {**body, "error": body["error"].splitlines()[0]})
         response = self.generator.generate.remote(arguments)
         try:
             result = await response
@@ -242,7 +249,8 @@ class Router:
                                          "retry, a new replica takes over"})
         if result["status"] != 200:
             headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if result["status"] in (429, 503) else {}
-            return answer(result["status"], {"error": result["error"]}, **headers)
+            return answer(result["status"], {key: result[key] for key in ("error", "field") if key in result},
+                          **headers)
         if "application/json" in request.headers.get("accept", ""):
             return answer(200, {"image_png_base64": base64.b64encode(result["png"]).decode(),
                                 "metadata": result["metadata"]})
@@ -273,6 +281,7 @@ def build_app(args: dict):
     source = {"engine": args["engine"]} if args.get("engine") else {"model": args.get("model", "tiny")}
     state_name = args.get("state_name", STATE_NAME)
     scaling = {key: args[key] for key in ("num_replicas", "autoscaling_config") if args.get(key) is not None}
-    generator = Generator.options(**scaling).bind(source, args.get("policy", "inflight"), args.get("max_batch_rows"),
+    policy = policy_named(args.get("policy", DEFAULT_POLICY)).name  # a bad name fails here, not in each replica
+    generator = Generator.options(**scaling).bind(source, policy, args.get("max_batch_rows"),
                                                   int(args.get("queue_limit", 32)), state_name)
     return Router.bind(generator, state_name)

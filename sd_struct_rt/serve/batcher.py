@@ -7,11 +7,8 @@ levels to the longest (SPEC P4), calls the UNet once, and hands each request its
 Rows that cannot share a call (another image size, or another UNet role) wait for a call of
 their own group.
 
-Policies, for the load benchmark's comparison:
-
-* ``inflight``: a request joins the running batch at the next step and leaves when done;
-* ``static``: a batch starts with what is queued and runs all its steps; newcomers wait for it;
-* ``single``: one request at a time.
+Which requests join the running set and which share the next call is a policy's decision
+(``policy.py``: inflight, static, single); this module only carries it out.
 
 A request's image does not depend on its batch beyond float reassociation: its noise comes
 from its own seeded generators and its rows are computed by the same UNet.
@@ -31,7 +28,7 @@ import torch
 from ..conditioning import stack_rows
 from ..errors import InputError, UserError
 from ..pipeline import Prepared, StructuredDiffusionPipeline
-from . import POLICIES
+from .policy import DEFAULT_POLICY, Policy, policy_named
 
 ROWS_PER_PROMPT = 2  # classifier-free guidance
 
@@ -55,6 +52,11 @@ class Job:
         return self.prepared.run
 
     @property
+    def rows(self) -> int:
+        """UNet rows per call: two per prompt (classifier-free guidance), or more in composable mode."""
+        return self.run.rows
+
+    @property
     def group(self) -> tuple:
         """Jobs share a UNet call only within a group: same image size, same UNet."""
         request = self.prepared.request
@@ -70,14 +72,14 @@ class Observer:
 
 
 class Batcher:
-    def __init__(self, pipe: StructuredDiffusionPipeline, policy: str = "inflight", max_batch_rows: int | None = None,
-                 queue_limit: int = 32, observer: Observer | None = None):
-        if policy not in POLICIES:
-            raise InputError(f"policy must be one of {', '.join(POLICIES)}, not {policy!r}")
+    def __init__(self, pipe: StructuredDiffusionPipeline, policy: str | Policy = DEFAULT_POLICY,
+                 max_batch_rows: int | None = None, queue_limit: int = 32, observer: Observer | None = None):
+        policy = policy if isinstance(policy, Policy) else policy_named(policy)
         profile_rows = (ROWS_PER_PROMPT * pipe.engine_set.manifest.profile.batch[1] if pipe.engine_set
                         else 8 * ROWS_PER_PROMPT)
         if max_batch_rows is not None and max_batch_rows < ROWS_PER_PROMPT:
-            raise InputError(f"max_batch_rows must be at least {ROWS_PER_PROMPT} (one prompt with guidance)")
+            raise InputError(f"must be at least {ROWS_PER_PROMPT} (one prompt with guidance)",
+                             parameter="max_batch_rows")
         self.pipe, self.policy, self.queue_limit = pipe, policy, queue_limit
         self.capacity = min(max_batch_rows or profile_rows, profile_rows)  # the engine profile caps it too
         self.observer = observer or Observer()
@@ -106,7 +108,7 @@ class Batcher:
         with self._preparing:
             request = self.pipe.check_inputs(prompt, **arguments)
             if len(request.prompts) != 1:
-                raise InputError("one prompt per request")
+                raise InputError("one prompt per request", parameter="prompt", leads=False)
             with self._changed:
                 if len(self.queue) >= self.queue_limit:
                     raise QueueFull(f"{len(self.queue)} requests are waiting already; retry later")
@@ -146,25 +148,15 @@ class Batcher:
 
     def _admit(self) -> None:
         """Move queued jobs into the running set, as the policy allows (called under the lock)."""
-        running_rows = sum(job.run.rows for job in self.active)
-        if self.policy != "inflight" and self.active:
-            return
-        first_group = self.queue[0].group if self.queue else None
-        # A job larger than the capacity (a composable prompt of many phrases) runs alone; the
-        # pipeline splits its rows into calls the engines take.
-        while self.queue and (running_rows + self.queue[0].run.rows <= self.capacity or not self.active):
-            if self.policy == "static" and self.queue[0].group != first_group:
-                break  # a static batch is one group, formed at its start
-            job = self.queue.popleft()
-            self.active.append(job)
-            running_rows += job.run.rows
-            if self.policy == "single":
-                break
+        if not self.policy.takes_newcomers(self.active):
+            return  # nothing can change: nothing to report
+        for _ in range(self.policy.admit(self.queue, self.active, self.capacity)):
+            self.active.append(self.queue.popleft())
         self._report_load()
 
     def _report_load(self) -> None:
         """Tell the observer the queue and the running rows (called under the lock)."""
-        self.observer.load(len(self.queue), len(self.active), sum(job.run.rows for job in self.active))
+        self.observer.load(len(self.queue), len(self.active), sum(job.rows for job in self.active))
 
     def _next_call(self) -> list[Job] | None:
         """The jobs of the next UNet call, or None when there is nothing to do (under the lock)."""
@@ -172,11 +164,7 @@ class Batcher:
             for job in [job for job in jobs if job.future.cancelled()]:
                 jobs.remove(job)
         self._admit()
-        if not self.active:
-            return None
-        # The group of the job that has waited longest goes first, so no group starves.
-        oldest = min(self.active, key=lambda job: job.arrived)
-        return [job for job in self.active if job.group == oldest.group]
+        return self.policy.compose(self.active) or None
 
     def _loop(self) -> None:
         try:

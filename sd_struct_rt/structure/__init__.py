@@ -12,7 +12,7 @@ def analyse(prompt: str, parser: Parser | None, tokenizer) -> StructuredPrompt:
     """Preprocess ``prompt`` and find its levels; ``parser=None`` gives a plain prompt."""
     text = preprocess(prompt)
     if not text:
-        raise InputError("the prompt is empty; say what to draw")
+        raise InputError("the prompt is empty; say what to draw", parameter="prompt", leads=False)
     if parser is None:
         return StructuredPrompt(text, ())
     return token_spans(tokenize_with_offsets(tokenizer, text), parser.phrases(text))

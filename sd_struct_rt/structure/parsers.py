@@ -39,7 +39,8 @@ def align_leaves(prompt: str, words: Sequence[str], cursor: int = 0) -> list[tup
         end = start + len(wanted)
         if start < 0 or re.search(r"\w", prompt[cursor:start]):
             raise InputError(f"the tree's word {word!r} does not match the prompt {prompt!r} "
-                            f"after character {cursor}; give a tree of this prompt's words")
+                             f"after character {cursor}; give a tree of this prompt's words", parameter="trees",
+                             leads=False)
         cursor = end
         ranges.append((start, cursor))
     return ranges
@@ -75,7 +76,8 @@ class BracketedTreeParser:
             # whole words only: "red ca" must not take part of "car"
             match = re.search(rf"(?<!\w){re.escape(wanted)}(?!\w)", prompt) if wanted else None
             if match is None:
-                raise InputError(f"phrase {text!r} does not occur as whole words in the prompt {prompt!r}")
+                raise InputError(f"phrase {text!r} does not occur as whole words in the prompt {prompt!r}",
+                                 parameter="phrases", leads=False)
             phrases.append(Phrase(match.start(), match.end()))
         return phrases
 

@@ -87,33 +87,38 @@ def noun_phrase_leaf_ranges(tree: TreeLike) -> list[tuple[int, int]]:
     return [found for found in ranges if found is not None]
 
 
+def _refused(message: str) -> InputError:
+    """A tree the user wrote (the ``trees`` parameter) that cannot be read."""
+    return InputError(message, parameter="trees", leads=False)
+
+
 def read_bracketed(text: str) -> Tree:
     """Parse one Penn-style bracketed tree such as ``(ROOT (NP (DT a) (NN cat)))``."""
     tokens = text.replace("(", " ( ").replace(")", " ) ").split()
     if not tokens:
-        raise InputError("empty tree: give a bracketed tree such as '(ROOT (NP (DT a) (NN cat)))'")
+        raise _refused("empty tree: give a bracketed tree such as '(ROOT (NP (DT a) (NN cat)))'")
     if tokens[0] != "(":
-        raise InputError(f"malformed tree {_short(text)}: a tree starts with '('")
+        raise _refused(f"malformed tree {_short(text)}: a tree starts with '('")
     open_nodes: list[tuple[str, list[Tree]]] = []  # label and children of every '(' not yet closed
     root = None
     position = 0
     while position < len(tokens):
         token = tokens[position]
         if root is not None:
-            raise InputError(f"unbalanced tree {_short(text)}: text after the tree's last ')'")
+            raise _refused(f"unbalanced tree {_short(text)}: text after the tree's last ')'")
         if token == "(":
             label = tokens[position + 1] if position + 1 < len(tokens) else ")"
             if label in "()":
-                raise InputError(f"malformed tree {_short(text)}: every '(' must be followed by a label")
+                raise _refused(f"malformed tree {_short(text)}: every '(' must be followed by a label")
             open_nodes.append((label, []))
             position += 2
             continue
         if token == ")":
             if not open_nodes:
-                raise InputError(f"unbalanced tree {_short(text)}: a ')' has no '('")
+                raise _refused(f"unbalanced tree {_short(text)}: a ')' has no '('")
             label, children = open_nodes.pop()
             if not children:
-                raise InputError(f"malformed tree {_short(text)}: node {label!r} has no word below it")
+                raise _refused(f"malformed tree {_short(text)}: node {label!r} has no word below it")
             node = Tree(label, tuple(children))
             if open_nodes:
                 open_nodes[-1][1].append(node)
@@ -123,7 +128,7 @@ def read_bracketed(text: str) -> Tree:
             open_nodes[-1][1].append(Tree(token))
         position += 1
     if root is None:
-        raise InputError(f"unbalanced tree {_short(text)}: a ')' is missing")
+        raise _refused(f"unbalanced tree {_short(text)}: a ')' is missing")
     return root
 
 
