@@ -97,11 +97,11 @@ class Request:
     parser: Parser | None  # None: plain, no structure
     max_levels: int
     scheduler: str  # a name of schedulers.SCHEDULERS, or the class name of the folder's own
-    role: str = ""  # the UNet role that serves ``mode`` on this pipeline
+    role: str  # the UNet role that serves ``mode`` on this pipeline
+    # The scheduler, built once to check the steps; a run sets its timesteps again, which resets it.
+    sampler: Any = field(compare=False, repr=False)
     # With attention maps: the cross-attention layers they average, by downsampling; None: no maps.
     attention_maps: tuple[int, ...] | None = None
-    # The scheduler, built once to check the steps; a run sets its timesteps again, which resets it.
-    sampler: Any = field(default=None, compare=False, repr=False)
 
 
 @dataclass
