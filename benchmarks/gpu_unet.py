@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from diffusers import UNet2DConditionModel
 
-from sd_struct_rt.attention import StructuredUNet, structured_attention
+from sd_struct_rt.attention import StructuredUNet
 from sd_struct_rt.level_loop import LevelLoopUNet
 from sd_struct_rt.timing import interleaved, machine_description, ratio, write_results
 
@@ -61,9 +61,9 @@ def main() -> None:
         return sample, timestep, context, stacked, torch.ones(2, levels, device=device, dtype=dtype)
 
     networks = {
-        "plain": (StructuredUNet(structured_attention(copy.deepcopy(base)), "values"), inputs_for(1)),
-        "values": (StructuredUNet(structured_attention(copy.deepcopy(base)), "values"), inputs_for(args.levels)),
-        "keys": (StructuredUNet(structured_attention(copy.deepcopy(base)), "keys"), inputs_for(args.levels)),
+        "plain": (StructuredUNet(copy.deepcopy(base), "values"), inputs_for(1)),
+        "values": (StructuredUNet(copy.deepcopy(base), "values"), inputs_for(args.levels)),
+        "keys": (StructuredUNet(copy.deepcopy(base), "keys"), inputs_for(args.levels)),
         "naive_values": (LevelLoopUNet(copy.deepcopy(base), "values"), inputs_for(args.levels)),
     }
     candidates = {}

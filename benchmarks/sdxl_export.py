@@ -28,7 +28,7 @@ def export(precision: str, folder: Path) -> None:
     import torch
     from diffusers import UNet2DConditionModel
 
-    from sd_struct_rt.attention import StructuredUNet, structured_attention
+    from sd_struct_rt.attention import StructuredUNet
     from sd_struct_rt.contract import ModelFacts
     from sd_struct_rt.export.onnx_export import export_network
     from sd_struct_rt.families.sdxl import ADDED_CONDITIONS, FAMILY
@@ -41,8 +41,7 @@ def export(precision: str, folder: Path) -> None:
     print(json.dumps({"parameters": sum(p.numel() for p in unet.parameters()),
                       "cross_attentions": sum(1 for n, _ in unet.named_modules() if n.endswith("attn2"))}),
           flush=True)
-    export_network(StructuredUNet(structured_attention(unet), "values", added=ADDED_CONDITIONS), contract,
-                   folder / "unet.onnx")
+    export_network(StructuredUNet(unet, "values", added=ADDED_CONDITIONS), contract, folder / "unet.onnx")
 
 
 def main() -> None:

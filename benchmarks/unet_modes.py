@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from sd_struct_rt.attention import StructuredUNet, structured_attention
+from sd_struct_rt.attention import StructuredUNet
 from sd_struct_rt.level_loop import LevelLoopUNet
 from sd_struct_rt.timing import interleaved, machine_description, ratio, write_results
 from sd_struct_rt.model import load_model
@@ -42,9 +42,9 @@ def main() -> None:
     one_level, one_mask = context[:, None], torch.ones(rows, 1)
 
     networks = {
-        "plain": (StructuredUNet(structured_attention(copy.deepcopy(model.unet)), "values"), one_level, one_mask),
-        "values": (StructuredUNet(structured_attention(copy.deepcopy(model.unet)), "values"), levels, mask),
-        "keys": (StructuredUNet(structured_attention(copy.deepcopy(model.unet)), "keys"), levels, mask),
+        "plain": (StructuredUNet(copy.deepcopy(model.unet), "values"), one_level, one_mask),
+        "values": (StructuredUNet(copy.deepcopy(model.unet), "values"), levels, mask),
+        "keys": (StructuredUNet(copy.deepcopy(model.unet), "keys"), levels, mask),
         "naive_values": (LevelLoopUNet(copy.deepcopy(model.unet), "values"), levels, mask),
     }
 

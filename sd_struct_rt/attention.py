@@ -151,8 +151,9 @@ def _has_structured_attention(unet: nn.Module) -> bool:
 def structured_attention(unet: nn.Module) -> nn.Module:
     """Give every attention module of a diffusers UNet the structured processor, and return the UNet.
 
-    Where this is called, a UNet starts to take level inputs; without them (plain calls) it
-    computes exactly what diffusers' own processor does (SPEC P1), so the swap is for good.
+    From here on the UNet takes level inputs; without them (plain calls) it computes exactly what
+    diffusers' own processor does (SPEC P1). Nothing else installs it: ``StructuredUNet`` calls
+    this on the UNet it wraps, and ``processors_kept`` gives a borrowed UNet its own back.
     """
     if not _has_structured_attention(unet):
         for name, module in unet.named_modules():
@@ -160,6 +161,16 @@ def structured_attention(unet: nn.Module) -> nn.Module:
                 _check_sd1_attention(module)
         unet.set_attn_processor(StructuredAttnProcessor())
     return unet
+
+
+@contextlib.contextmanager
+def processors_kept(unet: nn.Module):
+    """The UNet's own attention processors back after the block, for code that borrows a caller's UNet."""
+    processors = unet.attn_processors
+    try:
+        yield unet
+    finally:
+        unet.set_attn_processor(processors)
 
 
 class StructuredUNet(nn.Module):
@@ -175,9 +186,7 @@ class StructuredUNet(nn.Module):
     def __init__(self, unet: nn.Module, mode: str = "values", added: tuple[str, ...] = ()):
         super().__init__()
         self.role = role_named(mode)
-        if not _has_structured_attention(unet):
-            raise ValueError("the UNet's attention has no structured processor; wrap structured_attention(unet)")
-        self.unet = unet
+        self.unet = structured_attention(unet)
         self.added = added  # names of the UNet's added conditions, which follow level_mask (SDXL's)
 
     def cross_attention_downsampling(self) -> tuple[int, ...]:

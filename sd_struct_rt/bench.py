@@ -34,8 +34,10 @@ class BenchSettings:
     scheduler: str | None = None  # the model's own
 
 
-def cached_engine_set(model_ref: str, backend: str, mode: str, building: Building | None = None) -> Path:
-    """An engine set for ``model_ref`` in the cache, built on first use (benchmarks need one).
+def cached_engine_set(model_ref: str, backend: str, mode: str, building: Building | None = None,
+                      levels: int = 1) -> Path:
+    """An engine set for ``model_ref`` in the cache, built on first use (benchmarks need one), whose
+    profile takes at least ``levels`` levels.
 
     ``building(backend, mode)`` is told when a build starts and returns its stage callback, which
     gets ``done()`` at the end (a progress bar)."""
@@ -49,7 +51,8 @@ def cached_engine_set(model_ref: str, backend: str, mode: str, building: Buildin
     from .paths import cache_dir
 
     key = hashlib.sha256(f"{resolve_model_folder(model_ref).resolve()}|{__version__}".encode()).hexdigest()[:12]
-    folder = cache_dir() / "engines" / f"{key}-{backend}-{mode}"
+    levels = max(levels, Profile.levels)
+    folder = cache_dir() / "engines" / f"{key}-{backend}-{mode}-{levels}-levels"
     try:
         verify_files(read_manifest(folder), folder)
     except UserError:
@@ -57,8 +60,9 @@ def cached_engine_set(model_ref: str, backend: str, mode: str, building: Buildin
             folder.parent.mkdir(parents=True, exist_ok=True)
         stage = building(backend, mode) if building else None
         try:
-            build_engine_set(model_ref, backend, mode, Profile(size=(64, model_facts(model_ref).default_size)),
-                             None, folder, stage or (lambda name: None))
+            build_engine_set(model_ref, backend, mode,
+                             Profile(size=(64, model_facts(model_ref).default_size), levels=levels), None, folder,
+                             stage or (lambda name: None))
         finally:
             if stage is not None:
                 stage.done()
@@ -126,8 +130,10 @@ def run_bench(model_ref: str, backend: str, engine: Path | None, settings: Bench
     # Engines first: a damaged or mismatched set is refused before any model loads.
     if backend != "torch":
         pipe = (StructuredDiffusionPipeline.from_engines(engine, model=model_ref) if engine is not None else
-                StructuredDiffusionPipeline.from_engines(cached_engine_set(model_ref, backend, "values", building)))
-        keys_pipe = (StructuredDiffusionPipeline.from_engines(cached_engine_set(model_ref, backend, "keys", building))
+                StructuredDiffusionPipeline.from_engines(cached_engine_set(model_ref, backend, "values", building,
+                                                                           settings.levels)))
+        keys_pipe = (StructuredDiffusionPipeline.from_engines(cached_engine_set(model_ref, backend, "keys", building,
+                                                                                settings.levels))
                      if engine is None else None)
     reference = StructuredDiffusionPipeline.from_pretrained(model_ref)
     if backend == "torch":
@@ -145,7 +151,9 @@ def run_bench(model_ref: str, backend: str, engine: Path | None, settings: Bench
         candidates["torch_structured"] = lambda: reference.predict_noise(sample, timestep, conditioning, "values")
     # The official loop over the same weights, loaded apart (it installs its own processors), fed
     # exactly what the reference's UNet is fed.
-    naive = LevelLoopUNet(load_model(model_ref).unet, "values", reference.family.added_conditions)
+    reference_unet = reference.networks.unets["values"]
+    naive = LevelLoopUNet(load_model(model_ref).unet, "values", reference.family.added_conditions).to(
+        reference_unet.device, reference_unet.dtype)
     naive_inputs = list(reference.family.unet_inputs(sample, timestep, conditioning, "values",
                                                      reference.facts).values())
 

@@ -85,8 +85,12 @@ def text(value: object, name: str, limit: int = MAX_PROMPT_CHARACTERS) -> str:
 
 
 def prompt(value: object, name: str, hint: str = "say what to draw") -> str:
-    """A prompt (``text``) that says something once preprocessed: an empty one is refused with ``hint``."""
-    cleaned = text(value, name)
-    if not preprocess(cleaned):
+    """A prompt: ``text`` that is ``nonempty``."""
+    return nonempty(text(value, name), name, hint)
+
+
+def nonempty(value: str, name: str, hint: str = "say what to draw") -> str:
+    """``value``, unless nothing is left of it once preprocessed: then refused with ``hint``."""
+    if not preprocess(value):
         raise InputError(f"is empty; {hint}", parameter=name)
-    return cleaned
+    return value

@@ -28,8 +28,6 @@ MATERIALISE_SEED = 20230222
 # The seed offset of each part's weights; a part keeps its offset for ever, so that the weights
 # of an embedded model do not change when another part is added to the list.
 COMPONENT_SEEDS = {"unet": 0, "vae": 1, "text_encoder": 2, "text_encoder_2": 3}
-# A model folder may hold this file: the guidance scale and steps it draws best at, used when a
-# caller gives none (``drawing_defaults``).
 # In a cached model folder: the sha256 of every file, written last, checked at every use.
 DIGESTS_NAME = "sdrt-digests.json"
 

@@ -55,15 +55,10 @@ def mode_named(name: object, parameter: str = "mode") -> Mode:
 def role_named(name: str) -> Role:
     """The role of a UNet that a family builds or a manifest records; anything else is a bug."""
     if name not in ROLES:
-        raise ValueError(f"a UNet role is one of {', '.join(ROLES)}, not {name!r}")
+        raise ValueError(f"a UNet's mode (its role) is one of {', '.join(ROLES)}, not {name!r}")
     return ROLES[name]
 
 
 def role_for(mode: Mode, roles: Iterable[str]) -> str:
     """The role whose UNet serves ``mode``, given the roles a pipeline has (the first serves any)."""
     return next(iter(roles)) if mode.role is None else mode.role.name
-
-
-def uses_structure(mode: str) -> bool:
-    """Whether mode ``mode`` needs the prompt's phrases (and so a parser)."""
-    return MODES[mode].uses_structure

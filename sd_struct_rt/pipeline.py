@@ -28,6 +28,7 @@ whose message is one line naming the parameter.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import numbers
 import warnings
@@ -98,7 +99,7 @@ class Request:
     max_levels: int
     scheduler: str  # a name of schedulers.SCHEDULERS, or the class name of the folder's own
     role: str  # the UNet role that serves ``mode`` on this pipeline
-    # The scheduler, built once to check the steps; a run sets its timesteps again, which resets it.
+    # The scheduler, built once to check the steps; each run takes a copy (multistep ones keep state).
     sampler: Any = field(compare=False, repr=False)
     # With attention maps: the cross-attention layers they average, by downsampling; None: no maps.
     attention_maps: tuple[int, ...] | None = None
@@ -297,10 +298,13 @@ class StructuredDiffusionPipeline:
             raise InputError("is an empty list; give at least one prompt", parameter="prompt")
         for index, text in enumerate(prompts):
             name = "the prompt" if single else f"prompt {index}"
-            if isinstance(text, StructuredPrompt):
-                inputs.prompt(text.prompt, name)
-            else:
-                prompts[index] = inputs.prompt(text, name)
+            try:
+                if isinstance(text, StructuredPrompt):
+                    inputs.nonempty(text.prompt, name)
+                else:
+                    prompts[index] = inputs.prompt(text, name)
+            except InputError as error:  # said as the caller says it ("prompt 2"); the field is the prompt
+                raise InputError(str(error), parameter="prompt", leads=False) from None
         negatives = [inputs.text(text, "negative_prompt") for text in _texts(negative_prompt, "negative_prompt")]
         if isinstance(negative_prompt, str):
             negatives = negatives * len(prompts)
@@ -443,9 +447,9 @@ class StructuredDiffusionPipeline:
     def denoising_run(self, request: Request, latents: torch.Tensor, conditioning: Conditioning,
                       generators: list[torch.Generator] | None = None,
                       progress: Progress | None = None) -> DenoisingRun:
-        """The sampling state of ``request``, on the scheduler its inputs were checked with."""
-        return DenoisingRun(request.sampler, latents, request.steps, request.guidance_scale, generators, progress,
-                            conditioning.conditional_rows)
+        """The sampling state of ``request``, on a copy of the scheduler its inputs were checked with."""
+        return DenoisingRun(copy.deepcopy(request.sampler), latents, request.steps, request.guidance_scale,
+                            generators, progress, conditioning.conditional_rows)
 
     # --- 3. the loop: one UNet call per step, then the images ---------------------------------
 
@@ -469,10 +473,13 @@ class StructuredDiffusionPipeline:
 
     def predict_noise(self, sample: torch.Tensor, timestep: torch.Tensor, conditioning: Conditioning,
                       role: str) -> torch.Tensor:
-        """The UNet of ``role`` on every row: unconditional rows first, then conditional. An engine set
-        takes ``unet_rows`` rows a call (composable prompts can need more), so a longer batch runs as
-        calls of the most rows, and a last call short of the least is filled up with copies of
-        its last row, whose outputs are dropped: rows are independent, so no row's result changes."""
+        """The UNet of ``role`` (a ``Request.role``, or a mode's name) on every row: unconditional rows
+        first, then conditional. An engine set takes ``unet_rows`` rows a call (composable prompts can
+        need more), so a longer batch runs as calls of the most rows, and a last call short of the
+        least is filled up with copies of its last row, whose outputs are dropped: rows are
+        independent, so no row's result changes."""
+        if role not in self.networks.unets:
+            role = self.role_for(mode_named(role))
         unet = self.networks.unets[role]
         rows = sample.shape[0]
         least, most = self.unet_rows or (1, rows)

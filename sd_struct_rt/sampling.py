@@ -8,7 +8,6 @@ import torch
 
 from .errors import UserError
 
-NoisePredictor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (latents [2B,...], timesteps [2B]) -> noise
 Progress = Callable[[int, int], None]  # (steps done, steps asked for)
 
 
@@ -33,7 +32,7 @@ class DenoisingRun:
     independent, so a server can put the rows of many runs, at different timesteps, into one
     UNet call (in-flight batching).
 
-    ``scheduler`` is used up (multistep schedulers keep state): a fresh one per run. Samplers
+    ``scheduler`` is used up (multistep schedulers keep state): one per run, its own. Samplers
     that add noise (ancestral ones) draw it from ``generators``, the prompts' own, which drew
     the initial latents: a seed still gives the same bytes. Latents that stop being finite (a
     huge guidance scale, an engine that overflows) end the run with one line naming the step.
@@ -96,15 +95,6 @@ class DenoisingRun:
                                 "no image was made")
             if self.progress is not None:
                 self.progress(self.steps_done, self.steps)
-
-
-def denoise(predict_noise: NoisePredictor, scheduler, latents: torch.Tensor, steps: int, guidance_scale: float,
-            progress: Progress | None = None, generators: list[torch.Generator] | None = None) -> torch.Tensor:
-    """Classifier-free guided sampling of one batch, to the end (see ``DenoisingRun``)."""
-    run = DenoisingRun(scheduler, latents, steps, guidance_scale, generators, progress)
-    while not run.finished:
-        run.advance(predict_noise(*run.model_input()))
-    return run.latents
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,7 @@ import copy
 import pytest
 import torch
 
-from sd_struct_rt.attention import StructuredUNet, structured_attention
+from sd_struct_rt.attention import StructuredUNet
 from tests.conftest import relative_error
 
 TOLERANCE = 1e-5
@@ -84,7 +84,7 @@ def inputs(fresh_generator):
 
 
 def structured(unet, mode):
-    return StructuredUNet(structured_attention(copy.deepcopy(unet)), mode).eval()
+    return StructuredUNet(copy.deepcopy(unet), mode).eval()
 
 
 @pytest.mark.parametrize("mode", ["values", "keys"])

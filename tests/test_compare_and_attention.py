@@ -132,13 +132,13 @@ def test_cross_attention_grids_follow_the_blocks():
     """SD 1.x's layout: cross-attention in down blocks 0-2, the mid block and up blocks 1-3."""
     from diffusers import UNet2DConditionModel
 
-    from sd_struct_rt.attention import StructuredUNet, structured_attention
+    from sd_struct_rt.attention import StructuredUNet
 
     assert StructuredDiffusionPipeline.from_pretrained("shapes", device="cpu").recording_unet(
         "values").cross_attention_downsampling() == (2, 4)
     unet = UNet2DConditionModel(block_out_channels=(8, 8, 8, 8), norm_num_groups=4, cross_attention_dim=8,
                                 attention_head_dim=2, layers_per_block=1, sample_size=8)
-    assert StructuredUNet(structured_attention(unet)).cross_attention_downsampling() == (1, 2, 4, 8)
+    assert StructuredUNet(unet).cross_attention_downsampling() == (1, 2, 4, 8)
 
 
 def test_engines_cannot_give_attention_maps(tiny_engines, tmp_path, capsys):

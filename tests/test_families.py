@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from sd_struct_rt import StructuredDiffusionPipeline
-from sd_struct_rt.attention import StructuredUNet, structured_attention
+from sd_struct_rt.attention import StructuredUNet
 from sd_struct_rt.families import family_named
 from sd_struct_rt.model import load_model
 from sd_struct_rt.structure.spans import PhraseSpan, StructuredPrompt
@@ -86,7 +86,7 @@ def test_p1_to_p4_hold_for_every_family(model, mode):
     added = added_conditions(model, rows, generator)
     family = family_named(model.facts.family)
     names = tuple(added)
-    ours = StructuredUNet(structured_attention(copy.deepcopy(model.unet)), mode, added=names).eval()
+    ours = StructuredUNet(copy.deepcopy(model.unet), mode, added=names).eval()
     with torch.no_grad():
         batched = ours(sample, timestep, context, stacked, mask, *added.values())
         plain = model.unet(sample, timestep, context, added_cond_kwargs=added or None).sample

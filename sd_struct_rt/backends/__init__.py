@@ -11,7 +11,8 @@ Two kinds of backend:
 
 * the **torch reference** opens a loaded model (``ModelBackend.open_model``);
 * an **engine backend** builds an engine set from the exported ONNX graphs
-  (``EngineBackend.build``) and opens a built one, network by network (``open_network``).
+  (``EngineBackend.build``) and opens a built one, network by network, with the loader its
+  ``opener`` sets up once per set (as Polygraphy's loaders are configured, then called).
 
 Adding a backend is one module defining ``BACKEND`` and one entry in ``REGISTRY``; the CLI's
 ``--backend`` choices, ``auto``, the engine build and the runtime all read the registry.
@@ -31,6 +32,7 @@ from ..contract import NetworkContract, Profile, ShapeRange
 from ..errors import UserError
 
 Stage = Callable[[str], None]  # announces the next stage of a long job to the user
+Opener = Callable[[Path, NetworkContract], "ContractNetwork"]  # one engine file -> its network
 
 
 class Network(Protocol):
@@ -56,13 +58,14 @@ class ContractNetwork:
     contract: NetworkContract
     accepted: Mapping[str, ShapeRange] | None = None  # None: any shape the contract admits
 
-    def check_names(self, source: Any, inputs: list[str], outputs: list[str]) -> None:
+    def check_names(self, source: Any, inputs: list[str], outputs: list[str],
+                    rebuild: str = "sdrt build-engine") -> None:
         """Refuse an engine whose inputs or outputs are not the contract's (another mode, an old set)."""
         if sorted(inputs) != sorted(self.contract.input_names) or \
                 sorted(outputs) != sorted(self.contract.output_names):
             raise UserError(f"{source} takes {sorted(inputs)} and gives {sorted(outputs)}, not "
                             f"{sorted(self.contract.input_names)} -> {sorted(self.contract.output_names)}; "
-                            "rebuild it with: sdrt build-engine")
+                            f"rebuild it with: {rebuild}")
 
     def run(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         raise NotImplementedError
@@ -155,12 +158,9 @@ class EngineBackend:
         """Engines from ONNX graphs, written into ``target.staging``; returns each component's file name there."""
         raise NotImplementedError
 
-    def check_open(self, options: OpenOptions, precision: str) -> None:
-        """Refuse, before any network opens, options these engines cannot run with."""
-
-    def open_network(self, file: Path, contract: NetworkContract, options: OpenOptions,
-                     precision: str) -> ContractNetwork:
-        """One built engine as a network of ``contract``."""
+    def opener(self, options: OpenOptions, precision: str) -> Opener:
+        """The loader of one built engine as a network of its contract, set up once for a set; it
+        refuses, before any network opens, options these engines cannot run with."""
         raise NotImplementedError
 
     def label(self, networks: Mapping[str, ContractNetwork], options: OpenOptions, precision: str) -> str:
@@ -172,8 +172,8 @@ class EngineBackend:
         """The networks of a built set, its UNet in role ``mode``; ``precision`` is the one the set was
         built for, and ``profile``, when given, the shapes every network then accepts."""
         precision = precision or self.default_precision
-        self.check_open(options, precision)
-        networks = {name: self.open_network(files[name], contracts[name], options, precision) for name in files}
+        open_network = self.opener(options, precision)
+        networks = {name: open_network(files[name], contracts[name]) for name in files}
         if profile is not None:
             for name, network in networks.items():
                 network.accepted = contracts[name].profile_shapes(profile)

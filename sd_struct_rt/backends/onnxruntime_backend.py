@@ -17,7 +17,7 @@ import torch
 
 from ..contract import NetworkContract
 from ..errors import UserError
-from . import BuildTarget, ContractNetwork, EngineBackend, OpenOptions, Stage
+from . import BuildTarget, ContractNetwork, EngineBackend, OpenOptions, Opener, Stage
 
 DEVICES = ("auto", "cpu", "cuda")
 INSTALL_HINT = "pip install 'sd-struct-rt[cpu]' (or 'sd-struct-rt[gpu]' for CUDA)"
@@ -135,12 +135,10 @@ class OnnxRuntimeBackend(EngineBackend):
     def build(self, graphs: Mapping[str, Path], target: BuildTarget, stage: Stage) -> dict[str, str]:
         return {component: graph.name for component, graph in graphs.items()}
 
-    def check_open(self, options: OpenOptions, precision: str) -> None:
+    def opener(self, options: OpenOptions, precision: str) -> Opener:
         if options.cuda_graphs:
             raise UserError("CUDA graphs are a TensorRT option; ONNX Runtime engines run without them")
-
-    def open_network(self, file: Path, contract: NetworkContract, options: OpenOptions, precision: str) -> OrtNetwork:
-        return OrtNetwork(file, contract, options.device)
+        return lambda file, contract: OrtNetwork(file, contract, options.device)
 
     def label(self, networks: Mapping[str, ContractNetwork], options: OpenOptions, precision: str) -> str:
         return f"onnxruntime-{networks['unet'].device.type}"

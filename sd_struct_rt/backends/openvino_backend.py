@@ -19,7 +19,7 @@ import torch
 from ..contract import NetworkContract
 from ..errors import UserError
 from ..files import reporting
-from . import BuildTarget, ContractNetwork, EngineBackend, OpenOptions, Stage
+from . import BuildTarget, ContractNetwork, EngineBackend, OpenOptions, Opener, Stage
 
 INSTALL_HINT = "pip install 'sd-struct-rt[openvino]'"
 PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16"}
@@ -51,17 +51,20 @@ class OpenVINONetwork(ContractNetwork):
     def __init__(self, compiled, contract: NetworkContract, source: object = "an OpenVINO model"):
         self.compiled, self.contract = compiled, contract
         self.request = compiled.create_infer_request()
-        inputs, self.outputs = self._named(compiled.inputs, contract.input_names), \
+        inputs, outputs = self._named(compiled.inputs, contract.input_names), \
             self._named(compiled.outputs, contract.output_names)
-        self.check_names(source, list(inputs), list(self.outputs))
-        self.input_dtypes = {name: np.dtype(port.get_element_type().to_dtype()) for name, port in inputs.items()}
+        self.check_names(source, [name for name, _ in inputs], [name for name, _ in outputs],
+                         "sdrt build-engine --backend openvino")
+        self.outputs = dict(outputs)
+        self.input_dtypes = {name: np.dtype(port.get_element_type().to_dtype()) for name, port in inputs}
 
     @staticmethod
-    def _named(ports, names: list[str]) -> dict:
-        """Each port by the name we speak: a port may carry several tensor names (an input that
-        feeds a Cast is also the Cast's), and the contract's one is ours."""
-        return {next((name for name in sorted(port.get_names()) if name in names), min(port.get_names(), default="?")):
-                port for port in ports}
+    def _named(ports, names: list[str]) -> list[tuple[str, object]]:
+        """Each port with the name we speak: a port may carry several tensor names (an input that
+        feeds a Cast is also the Cast's), and the contract's one is ours; a port with none of
+        them, or two ports with one, leave the contract's names unmatched."""
+        return [(next((name for name in sorted(port.get_names()) if name in names), min(port.get_names(), default="?")),
+                 port) for port in ports]
 
     def run(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         feeds = {name: np.ascontiguousarray(tensor.detach().to("cpu").numpy().astype(self.input_dtypes[name],
@@ -107,34 +110,24 @@ class OpenVINOBackend(EngineBackend):
             files[component] = ir.name
         return files
 
-    def check_open(self, options: OpenOptions, precision: str) -> None:
+    def opener(self, options: OpenOptions, precision: str) -> Opener:
         if options.cuda_graphs:
             raise UserError("CUDA graphs are a TensorRT option; OpenVINO engines run on the CPU")
         if options.device not in ("auto", "cpu"):
             raise UserError(f"OpenVINO engines run on the CPU here, not on device {options.device!r}")
-        require_precision(self._core(), precision)
-        with reporting("write the OpenVINO model cache", self._cache):
-            self._cache.mkdir(parents=True, exist_ok=True)
+        from ..paths import cache_dir
 
-    def open_network(self, file: Path, contract: NetworkContract, options: OpenOptions,
-                     precision: str) -> OpenVINONetwork:
+        core = _core()
+        require_precision(core, precision)
+        cache = cache_dir() / "openvino"  # compiled models: only a set's first load compiles
+        with reporting("write the OpenVINO model cache", cache):
+            cache.mkdir(parents=True, exist_ok=True)
+        core.set_property({"CACHE_DIR": str(cache)})
         config = {"INFERENCE_PRECISION_HINT": PRECISION_HINTS[precision], "PERFORMANCE_HINT": "LATENCY"}
-        return OpenVINONetwork(self._core().compile_model(str(file), "CPU", config), contract, file)
+        return lambda file, contract: OpenVINONetwork(core.compile_model(str(file), "CPU", config), contract, file)
 
     def label(self, networks: Mapping[str, ContractNetwork], options: OpenOptions, precision: str) -> str:
         return f"openvino-cpu{'-bf16' if precision == 'bf16' else ''}"
-
-    @property
-    def _cache(self) -> Path:
-        from ..paths import cache_dir
-
-        return cache_dir() / "openvino"
-
-    def _core(self):
-        """An OpenVINO core that caches what it compiles in our cache folder."""
-        core = _core()
-        core.set_property({"CACHE_DIR": str(self._cache)})
-        return core
 
 
 BACKEND = OpenVINOBackend()

@@ -20,7 +20,7 @@ import torch
 
 from ..contract import NetworkContract, ShapeRange
 from ..errors import UserError
-from . import BuildTarget, ContractNetwork, EngineBackend, OpenOptions, Stage
+from . import BuildTarget, ContractNetwork, EngineBackend, OpenOptions, Opener, Stage
 from .tensorrt_build import INSTALL_HINT, PRECISIONS, build_engine, device_description, require_cuda, require_tensorrt
 
 TORCH_DTYPES = {"FLOAT": torch.float32, "HALF": torch.float16, "BF16": torch.bfloat16,
@@ -169,12 +169,10 @@ class TensorRTBackend(EngineBackend):
             files[component] = plan.name
         return files
 
-    def check_open(self, options: OpenOptions, precision: str) -> None:
+    def opener(self, options: OpenOptions, precision: str) -> Opener:
         if options.device not in ("auto", "cuda"):
             raise UserError(f"TensorRT engines run on CUDA, not on device {options.device!r}")
-
-    def open_network(self, file: Path, contract: NetworkContract, options: OpenOptions, precision: str) -> TrtEngine:
-        return TrtEngine(file, contract, options.cuda_graphs)
+        return lambda file, contract: TrtEngine(file, contract, options.cuda_graphs)
 
     def label(self, networks: Mapping[str, ContractNetwork], options: OpenOptions, precision: str) -> str:
         return "tensorrt" + ("-cuda-graphs" if options.cuda_graphs else "")

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 from ..backends import names
-from ..errors import UserError
+from ..errors import InputError, UserError
 from ..inputs import MAX_BATCH
 from . import options
 
@@ -18,6 +18,8 @@ EXAMPLE = """example:
 
 The embedded model 'tiny' has random weights: it shows that the pipeline works, not pictures.
 Same prompt, settings and seed give the same image, bit for bit, on the same backend."""
+# The pipeline's parameters whose refusals this command says under its own flags' names.
+FLAGS = {"attention_downsampling": "--attention-downsampling"}
 
 
 def add_to(commands) -> None:
@@ -152,12 +154,12 @@ def open_pipeline(args):
 
 def run(args) -> None:
     from ..files import reporting
-    from ..modes import uses_structure
+    from ..modes import MODES
 
     if args.attention_downsampling is not None and args.attention_maps is None:
         raise UserError("--attention-downsampling goes with --attention-maps DIR")
     targets = _targets(args)
-    parser = options.chosen_parser(args) if uses_structure(args.mode) else None
+    parser = options.chosen_parser(args) if MODES[args.mode].uses_structure else None
     created = None
     if args.out_dir is not None and not args.out_dir.exists():
         with reporting("create --out-dir", args.out_dir):
@@ -175,16 +177,17 @@ def _generate(args, targets: list[tuple[str, int, Path]], parser) -> None:
     from ..text import content_tokens, token_count
 
     pipe = open_pipeline(args)
-    maps = args.attention_maps is not None
-    if maps:  # the flag's own name in the refusal; engines cannot give maps: said before any work
-        pipe.check_attention_downsampling(args.mode, args.attention_downsampling, "--attention-downsampling")
     common = dict(num_inference_steps=args.steps, guidance_scale=args.guidance, negative_prompt=args.negative_prompt,
                   width=args.width, height=args.height, mode=args.mode, parser=parser, max_levels=args.max_levels,
-                  scheduler=args.scheduler, attention_maps=maps, attention_downsampling=args.attention_downsampling)
+                  scheduler=args.scheduler, attention_maps=args.attention_maps is not None,
+                  attention_downsampling=args.attention_downsampling)
     prompts, seeds, outs = (list(column) for column in zip(*targets))
     batches = [slice(start, start + args.batch_size) for start in range(0, len(targets), args.batch_size)]
     # Every batch (the last may be smaller) is checked before the first image is made.
-    requests = [pipe.check_inputs(prompts[batch], seed=seeds[batch], **common) for batch in batches]
+    try:
+        requests = [pipe.check_inputs(prompts[batch], seed=seeds[batch], **common) for batch in batches]
+    except InputError as error:  # said under the flag's name where it is one of ours
+        raise UserError(error.named(FLAGS.get(error.parameter, error.parameter))) from None
     if args.prompts_file is not None:
         # CLIP would truncate these silently; in a file of prompts that is almost always a mistake.
         limit = content_tokens(pipe.tokenizer)

@@ -307,7 +307,7 @@ def check_fusable_cross_attention(model: onnx.ModelProto | Path | str, expected:
     if problems:
         raise GraphCheckError("cross-attention TensorRT cannot fuse: " + "; ".join(problems))
     if not softmaxes:
-        raise GraphCheckError("no cross-attention found (no Softmax in attn2 or over the text positions)")
+        raise GraphCheckError(f"no cross-attention found (no Softmax in attn2 or over {_text_length(graph)} keys)")
     if expected is not None and len(softmaxes) != expected:
         raise GraphCheckError(f"found {len(softmaxes)} cross-attentions, expected {expected}")
     return len(softmaxes)

@@ -44,6 +44,7 @@ import onnxscript.optimizer
 import torch
 from torch import nn
 
+from ..attention import processors_kept
 from ..contract import NetworkContract
 from ..families import COMPONENTS, Family
 
@@ -67,16 +68,16 @@ def export_network(module: nn.Module, contract: NetworkContract, destination: Pa
 def export_graphs(model: Any, family: Family, mode: str, folder: Path,
                   stage: Callable[[str], None] = lambda name: None) -> dict[str, Path]:
     """``<folder>/<component>.onnx`` (and its ``.data``) for every component, the UNet in ``mode``.
-
-    The model's UNet keeps the structured processor the family gives it (plain calls compute what
-    diffusers' own does, SPEC P1)."""
+    The model is the caller's: its UNet keeps its own attention processors."""
     contracts = family.networks(model.facts, mode)
-    modules = family.torch_modules(model, mode)
-    graphs = {}
-    for component in COMPONENTS:
-        stage(f"exporting the {component.replace('_', ' ')}{f' ({mode} mode)' if component == 'unet' else ''} "
-              "to ONNX")
-        graphs[component] = export_network(modules[component], contracts[component], folder / f"{component}.onnx")
+    with processors_kept(model.unet):
+        modules = family.torch_modules(model, mode)
+        graphs = {}
+        for component in COMPONENTS:
+            stage(f"exporting the {component.replace('_', ' ')}{f' ({mode} mode)' if component == 'unet' else ''} "
+                  "to ONNX")
+            graphs[component] = export_network(modules[component], contracts[component],
+                                               folder / f"{component}.onnx")
     return graphs
 
 

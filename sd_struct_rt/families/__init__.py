@@ -52,7 +52,7 @@ class Family(Protocol):
 
     def torch_module(self, model: Any, component: str, role: str = "values") -> Any:
         """The ``nn.Module`` of ``component`` that takes its contract's inputs in order (the UNet:
-        ``role``'s structured UNet, over the model's own UNet given the structured processor)."""
+        ``role``'s structured UNet, over the model's own UNet, which gets the structured processor)."""
 
     def torch_modules(self, model: Any, role: str) -> dict[str, Any]:
         """``torch_module`` of every component, the UNet's for ``role``."""

@@ -32,7 +32,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from ..attention import StructuredUNet, structured_attention
+from ..attention import StructuredUNet
 from ..modes import role_named
 from ..contract import (Axis, Fixed, ModelFacts, NetworkContract, Profile, Scaled, TensorSpec, integers_below,
                         uniform_below)
@@ -270,12 +270,14 @@ class StableDiffusion1:
 
     def torch_module(self, model: StableDiffusionModel, component: str, role: str = "values") -> nn.Module:
         """The module of ``component`` whose forward takes its contract's inputs in order. The UNet's
-        is ``role``'s structured UNet over the model's own, which gets the structured processor here."""
+        is ``role``'s structured UNet over the model's own, which gets the structured processor."""
         if component == "unet":
-            return StructuredUNet(structured_attention(model.unet), role, added=self.added_conditions)
+            return StructuredUNet(model.unet, role, added=self.added_conditions)
         if component == "text_encoder":
             return self._text_encoder_module(model)
-        return LatentDecoder(model.vae)
+        if component == "vae_decoder":
+            return LatentDecoder(model.vae)
+        raise ValueError(f"a component is one of {', '.join(COMPONENTS)}, not {component!r}")
 
     def torch_modules(self, model: StableDiffusionModel, role: str) -> dict[str, nn.Module]:
         return {component: self.torch_module(model, component, role) for component in COMPONENTS}

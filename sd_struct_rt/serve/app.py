@@ -61,7 +61,7 @@ def service_state(name: str = STATE_NAME):
 def pipeline_arguments(body: Any) -> dict[str, Any]:
     """The pipeline's keyword arguments from a request body, or ``InputError`` naming the field.
 
-    Values are checked by the pipeline itself (stage 1); here only the shape of the JSON.
+    Values are checked by the pipeline itself (``check_inputs``); here only the shape of the JSON.
     """
     if not isinstance(body, dict):
         raise InputError("the body must be a JSON object with at least a 'prompt'")
