@@ -1,0 +1,229 @@
+"""The newer surfaces as an adversary would use them: eval's plugged-in scorers and outputs, seeds
+at the top of the range, attention-map folders, the Python API's argument types, damaged model
+folders and the training scripts' options (issue 26)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import textwrap
+
+import pytest
+
+from sd_struct_rt.errors import UserError
+
+from tests.hardening import FAST, PROMPT, leftovers, one_error_line, run_sdrt, snapshot
+
+EVAL = ["eval", "--model", "tiny", "--seeds", "1", "--steps", "2", "--modes", "plain", "--quiet"]
+
+
+@pytest.fixture
+def prompts_file(tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red car\n")
+    return prompts
+
+
+@pytest.fixture
+def user_module(tmp_path, monkeypatch):
+    """Write a scorer module of the user's under a fresh name; forgotten again afterwards."""
+    written = []
+
+    def write(name: str, source: str) -> str:
+        (tmp_path / f"{name}.py").write_text(textwrap.dedent(source))
+        written.append(name)
+        return name
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield write
+    for name in written:
+        sys.modules.pop(name, None)
+
+
+SCORE_OK = """
+    from sd_struct_rt.evaluation import Score
+
+    class Judge:
+        name = "judge"
+        def score(self, prompt, image):
+            return Score(True, "fine")
+"""
+
+
+# --- 1. eval: the user's scorer failing ------------------------------------------------------------
+
+@pytest.mark.parametrize("source, expected", [
+    ("raise RuntimeError('no GPU for the judge')\n",
+     "module judge_{n} failed on import (RuntimeError: no GPU for the judge)"),
+    ("import sys\nsys.exit(3)\n", "module judge_{n} failed on import (SystemExit: 3)"),
+    ("x = (\n", "module judge_{n} failed on import (SyntaxError"),
+    ("import a_module_nobody_installed\n",
+     "module judge_{n} failed on import (ModuleNotFoundError: No module named 'a_module_nobody_installed')"),
+    ("class Judge:\n    name = 'j'\n    def __init__(self):\n        raise ValueError('weights missing')\n"
+     "    def score(self, prompt, image):\n        pass\n",
+     "judge_{n}.Judge() failed (ValueError: weights missing)"),
+    ("def __getattr__(name):\n    raise KeyError(name)\n", "judge_{n}.Judge failed (KeyError: 'Judge')"),
+])
+def test_a_scorer_module_failing_to_load_is_one_line_naming_it(tmp_path, capsys, user_module, prompts_file,
+                                                               source, expected):
+    number = len(list(tmp_path.glob("judge_*.py")))
+    name = user_module(f"judge_{number}", source)
+    out = tmp_path / "r.json"
+    line = one_error_line(*run_sdrt(capsys, *EVAL, "--prompts-file", str(prompts_file), "--scorer",
+                                    f"{name}:Judge", "--out", str(out)),
+                          f"cannot load scorer '{name}:Judge'", expected.format(n=number))
+    assert "\n" not in line
+    assert not out.exists() and not leftovers(tmp_path)
+
+
+@pytest.mark.parametrize("method, expected", [
+    ("    def score(self, prompt, image):\n        raise ZeroDivisionError('division by zero')\n",
+     "score() failed on the image of 'a red car', seed 0, mode plain (ZeroDivisionError: division by zero)"),
+    ("    def score(self, prompt, image):\n        return None\n",
+     "score() returned NoneType on the image of 'a red car', seed 0, mode plain, not a Score"),
+    ("    def score(self, prompt, image):\n        return Score(True, ['not', 'a', 'name'])\n",
+     "score() returned an outcome of type list"),
+    ("    def check(self, prompt):\n        raise LookupError('no such prompt')\n"
+     "    def score(self, prompt, image):\n        return Score(True, 'fine')\n",
+     "check() failed on the prompt 'a red car' (LookupError: no such prompt)"),
+])
+def test_a_scorer_failing_on_an_image_is_one_line_and_leaves_no_results(tmp_path, capsys, user_module,
+                                                                         prompts_file, method, expected):
+    name = user_module(f"failing_{abs(hash(method))}",
+                       "from sd_struct_rt.evaluation import Score\n\nclass Judge:\n    name = 'j'\n" + method)
+    out, sheet = tmp_path / "r.json", tmp_path / "s.png"
+    one_error_line(*run_sdrt(capsys, *EVAL, "--prompts-file", str(prompts_file), "--scorer", f"{name}:Judge",
+                             "--out", str(out), "--sheet", str(sheet)),
+                   f"scorer {name}.Judge: ", expected)
+    assert not out.exists() and not sheet.exists() and not leftovers(tmp_path)
+
+
+def test_a_scorer_details_of_numpy_numbers_are_written_and_rates_print(tmp_path, capsys, user_module, prompts_file):
+    name = user_module("numpy_judge", """
+        import numpy as np
+        from sd_struct_rt.evaluation import Score
+
+        class Judge:
+            name = "np"
+            def score(self, prompt, image):
+                return Score(np.bool_(True), "fine", {"brightness": np.float32(0.5), "where": np.int64(3)})
+    """)
+    out = tmp_path / "r.json"
+    code, stderr = run_sdrt(capsys, *EVAL, "--prompts-file", str(prompts_file), "--scorer", f"{name}:Judge",
+                            "--out", str(out))
+    assert code == 0, stderr
+    assert json.loads(out.read_text())["trials"][0]["details"] == {"brightness": 0.5, "where": 3}
+
+
+# --- 2. two outputs of one command naming one file --------------------------------------------------
+
+@pytest.mark.parametrize("spelling", ["same", "dot", "dotdot", "symlink", "hardlink"])
+def test_two_outputs_naming_one_file_are_refused_before_any_work(tmp_path, capsys, prompts_file, monkeypatch,
+                                                                 spelling):
+    import sd_struct_rt.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline.StructuredDiffusionPipeline, "from_pretrained",
+                        classmethod(lambda *args, **kwargs: pytest.fail("a model was loaded")))
+    (tmp_path / "sub").mkdir()
+    sheet = tmp_path / "r.png"
+    out = {"same": sheet, "dot": tmp_path / "." / "r.png", "dotdot": tmp_path / "sub" / ".." / "r.png",
+           "symlink": tmp_path / "link.png", "hardlink": tmp_path / "hard.png"}[spelling]
+    if spelling in ("symlink", "hardlink"):
+        sheet.write_bytes(b"the user's picture")
+        (out.symlink_to(sheet) if spelling == "symlink" else os.link(sheet, out))
+    before = snapshot(tmp_path)
+    one_error_line(*run_sdrt(capsys, *EVAL, "--prompts-file", str(prompts_file), "--out", str(out),
+                             "--sheet", str(sheet)),
+                   "--out", "--sheet", "name the same file")
+    assert snapshot(tmp_path) == before
+
+
+# --- 3. seeds past the top, modes twice ------------------------------------------------------------
+
+@pytest.mark.parametrize("command", ["eval", "compare"])
+@pytest.mark.parametrize("seed, seeds", [(2**63 - 1, 2), (2**63 - 3, 4)])
+def test_seeds_that_would_pass_the_largest_are_refused_quoting_only_what_was_given(tmp_path, capsys, prompts_file,
+                                                                                   command, seed, seeds):
+    out = tmp_path / "x.png"
+    base = ([command, "--prompts-file", str(prompts_file), "--sheet", str(out), "--modes", "plain"]
+            if command == "eval" else [command, PROMPT, "--out", str(out), "--width", "64", "--height", "64"])
+    base += ["--model", "tiny", "--steps", "1", "--quiet"]
+    line = one_error_line(*run_sdrt(capsys, *base, "--seed", str(seed), "--seeds", str(seeds)),
+                          f"--seed {seed} with --seeds {seeds} would pass 2**63-1")
+    quoted = {int(number) for number in re.findall(r"\d{6,}", line)}
+    assert quoted == {seed}, line
+    assert not out.exists() and not leftovers(tmp_path)
+    # the last seeds that fit do run
+    assert run_sdrt(capsys, *base, "--seed", str(2**63 - seeds), "--seeds", str(seeds))[0] == 0
+
+
+@pytest.mark.parametrize("modes", ["plain,plain", "values, values", "plain,keys,plain"])
+def test_compare_refuses_a_mode_twice_as_eval_does(tmp_path, capsys, prompts_file, modes):
+    out = tmp_path / "x.png"
+    one_error_line(*run_sdrt(capsys, "compare", PROMPT, "--modes", modes, "--out", str(out)), "distinct modes")
+    one_error_line(*run_sdrt(capsys, "eval", "--prompts-file", str(prompts_file), "--modes", modes,
+                             "--sheet", str(out)), "distinct modes")
+    assert not out.exists()
+
+
+# --- 4. attention maps into a folder that cannot be made -------------------------------------------
+
+@pytest.mark.parametrize("where, expected", [
+    ("file", "is a file, not a folder"),
+    ("under-a-file", "is a file, not a folder"),
+    ("broken-link", "broken link"),
+    ("same-as-out", "name the same file"),
+])
+def test_an_attention_map_folder_that_cannot_be_made_is_refused_before_the_image(tmp_path, capsys, where,
+                                                                                  expected):
+    out = tmp_path / "x.png"
+    (tmp_path / "a-file").write_text("the user's notes")
+    maps = {"file": tmp_path / "a-file", "under-a-file": tmp_path / "a-file" / "maps",
+            "broken-link": tmp_path / "link", "same-as-out": out}[where]
+    if where == "broken-link":
+        maps.symlink_to(tmp_path / "nowhere" / "maps")
+    before = snapshot(tmp_path)
+    one_error_line(*run_sdrt(capsys, "generate", PROMPT, "--out", str(out), "--attention-maps", str(maps), *FAST),
+                   "--attention-maps", expected)
+    assert snapshot(tmp_path) == before
+
+
+def test_a_read_only_attention_map_folder_is_refused_before_the_image(tmp_path, capsys):
+    if os.geteuid() == 0:
+        pytest.skip("root writes into read-only folders")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        out = tmp_path / "x.png"
+        one_error_line(*run_sdrt(capsys, "generate", PROMPT, "--out", str(out), "--attention-maps",
+                                 str(locked / "maps"), *FAST), "--attention-maps")
+        assert not out.exists()
+    finally:
+        locked.chmod(0o755)
+
+
+def test_maps_failing_after_the_image_leave_neither_and_keep_the_users_file(tmp_path, capsys, monkeypatch):
+    import sd_struct_rt.attention_maps as attention_maps
+
+    out, maps = tmp_path / "x.png", tmp_path / "maps"
+    out.write_bytes(b"the user's earlier picture")
+    real = attention_maps.write_bytes_atomically
+    calls = []
+
+    def fail_on_the_third(path, data, what="file"):
+        calls.append(path)
+        if len(calls) == 3:
+            raise UserError(f"cannot write {what} {path}: the disk is full")
+        real(path, data, what)
+
+    monkeypatch.setattr(attention_maps, "write_bytes_atomically", fail_on_the_third)
+    one_error_line(*run_sdrt(capsys, "generate", PROMPT, "--out", str(out), "--attention-maps", str(maps), *FAST),
+                   "the disk is full")
+    assert out.read_bytes() == b"the user's earlier picture"
+    assert not maps.exists() and not leftovers(tmp_path)
+    monkeypatch.setattr(attention_maps, "write_bytes_atomically", real)
+    assert run_sdrt(capsys, "generate", PROMPT, "--out", str(out), "--attention-maps", str(maps), *FAST)[0] == 0
+    assert out.read_bytes().startswith(b"\x89PNG") and (maps / "x-attention.json").is_file()
