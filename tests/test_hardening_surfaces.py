@@ -227,3 +227,89 @@ def test_maps_failing_after_the_image_leave_neither_and_keep_the_users_file(tmp_
     monkeypatch.setattr(attention_maps, "write_bytes_atomically", real)
     assert run_sdrt(capsys, "generate", PROMPT, "--out", str(out), "--attention-maps", str(maps), *FAST)[0] == 0
     assert out.read_bytes().startswith(b"\x89PNG") and (maps / "x-attention.json").is_file()
+
+
+# --- 5. the Python API: arguments of the wrong type ------------------------------------------------
+
+@pytest.fixture(scope="module")
+def pipe():
+    from sd_struct_rt import StructuredDiffusionPipeline
+
+    return StructuredDiffusionPipeline.from_pretrained("tiny", device="cpu")
+
+
+API_FAST = dict(num_inference_steps=2, width=64, height=64)
+
+
+@pytest.mark.parametrize("arguments, expected", [
+    (dict(scheduler=["pndm"]), "scheduler must be one of pndm"),
+    (dict(scheduler=3), "scheduler must be one of pndm"),
+    (dict(parser=5), "parser must be one of spacy, stanza, tree, a parser object"),
+    (dict(parser=object()), "parser must be one of"),
+    (dict(mode=["values"]), "mode must be one of values"),
+    (dict(mode=None), "mode must be one of values"),
+    (dict(negative_prompt=3), "negative_prompt must be a string or a list of strings"),
+    (dict(negative_prompt=[None]), "negative_prompt must be a string or a list of strings"),
+    (dict(phrases=[1, 2]), "phrases must be a string or a list of strings; item 0 is int"),
+    (dict(phrases=5), "phrases must be a string or a list of strings, not int"),
+    (dict(trees=["(NP (DT a))", b"(NP)"]), "trees must be a string or a list of strings; item 1 is bytes"),
+    (dict(attention_maps="yes"), "attention_maps must be True or False, not 'yes'"),
+    (dict(attention_maps=None), "attention_maps must be True or False"),
+    (dict(max_levels="3"), "max_levels must be a whole number"),
+    (dict(seed=[None]), "seed must be a whole number"),
+    (dict(guidance_scale="7"), "guidance_scale must be a number"),
+])
+def test_api_arguments_of_the_wrong_type_are_one_line_input_errors(pipe, arguments, expected):
+    from sd_struct_rt import InputError
+
+    for call in (pipe.check_inputs, pipe):
+        with pytest.raises(InputError) as raised:
+            call(PROMPT, **{**API_FAST, **arguments})
+        message = str(raised.value)
+        assert message.startswith(next(iter(arguments))) and expected in message and "\n" not in message
+
+
+@pytest.mark.parametrize("progress", ["x", 5, [print]])
+def test_a_progress_that_is_not_callable_is_refused_before_any_step(pipe, progress):
+    from sd_struct_rt import InputError
+
+    with pytest.raises(InputError, match=r"^progress must be a function progress\(done, total\) or None"):
+        pipe(PROMPT, progress=progress, **API_FAST)
+    with pytest.raises(InputError, match="^progress must be"):
+        pipe.prepare(pipe.check_inputs(PROMPT, **API_FAST), progress)
+
+
+@pytest.mark.parametrize("construct, expected", [
+    (lambda cls: cls.from_pretrained(None), "model must be an embedded model's name"),
+    (lambda cls: cls.from_pretrained(5), "model must be"),
+    (lambda cls: cls.from_pretrained(["tiny"]), "model must be"),
+    (lambda cls: cls.from_pretrained("tiny", device=None), "device must be auto, cpu or cuda, not None"),
+    (lambda cls: cls.from_pretrained("tiny", device=0), "device must be"),
+    (lambda cls: cls.from_pretrained("tiny", precision=3), "precision must be fp32 or fp16, not 3"),
+    (lambda cls: cls.from_engines(None), "folder must be an engine set's folder"),
+    (lambda cls: cls.from_engines(3.5), "folder must be"),
+    (lambda cls: cls.from_engines("engines/x", cuda_graphs="x"), "cuda_graphs must be True or False, not 'x'"),
+    (lambda cls: cls.from_engines("engines/x", model=5), "model must be"),
+    (lambda cls: cls.from_engines("engines/x", backend=["tensorrt"]), "backend must be"),
+    (lambda cls: cls.from_engines("engines/x", device=None), "device must be"),
+])
+def test_constructors_refuse_arguments_of_the_wrong_type_before_loading(monkeypatch, construct, expected):
+    import sd_struct_rt.manifest as manifest
+    import sd_struct_rt.model as model
+    from sd_struct_rt import InputError, StructuredDiffusionPipeline
+
+    monkeypatch.setattr(model, "load_model", lambda *args: pytest.fail("a model was loaded"))
+    monkeypatch.setattr(manifest, "read_manifest", lambda *args: pytest.fail("a manifest was read"))
+    with pytest.raises(InputError) as raised:
+        construct(StructuredDiffusionPipeline)
+    assert expected in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_a_path_object_names_a_model_as_its_text_does(tmp_path):
+    from pathlib import Path
+
+    from sd_struct_rt import StructuredDiffusionPipeline
+    from sd_struct_rt.errors import UserError
+
+    with pytest.raises(UserError, match="does not exist"):
+        StructuredDiffusionPipeline.from_pretrained(Path(tmp_path / "no-such-model"))
