@@ -313,3 +313,186 @@ def test_a_path_object_names_a_model_as_its_text_does(tmp_path):
 
     with pytest.raises(UserError, match="does not exist"):
         StructuredDiffusionPipeline.from_pretrained(Path(tmp_path / "no-such-model"))
+
+
+# --- 7. the training scripts' options --------------------------------------------------------------
+
+def training_script(name: str):
+    import importlib.util
+
+    from tests.training import TRAIN_FOLDER
+
+    if str(TRAIN_FOLDER) not in sys.path:  # train_shapes_clip imports train_shapes from its own folder
+        sys.path.insert(0, str(TRAIN_FOLDER))
+    spec = importlib.util.spec_from_file_location(f"hardening_{name}", TRAIN_FOLDER / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+BAD_TRAINING_OPTIONS = [
+    (["--scenes", "0"], "--scenes must be between 1 and"),
+    (["--scenes", "-5"], "--scenes must be between 1 and"),
+    (["--threads", "0"], "--threads must be between 1 and"),
+    (["--threads", "two"], "--threads must be a whole number, not 'two'"),
+    (["--unet-batch", "0"], "--unet-batch must be between 1 and"),
+    (["--unet-lr", "nan"], "--unet-lr must be a finite number above 0"),
+    (["--unet-lr", "-0.001"], "--unet-lr must be a finite number above 0"),
+    (["--minutes-budget", "nan"], "--minutes-budget must be a finite number above 0"),
+    (["--minutes-budget", "inf"], "--minutes-budget must be a finite number above 0"),
+    (["--minutes-budget", "-1"], "--minutes-budget must be a finite number above 0"),
+    (["--minutes-budget", "0"], "--minutes-budget must be a finite number above 0"),
+    (["--seed", "-1"], "--seed must be between 0 and"),
+]
+
+
+@pytest.mark.parametrize("script, extra", [
+    ("train_shapes", [(["--vae-batch", "0"], "--vae-batch must be between 1 and"),
+                      (["--vae-lr", "nan"], "--vae-lr must be a finite number above 0"),
+                      (["--latent-penalty", "-1"], "--latent-penalty must be a finite number from 0"),
+                      (["--latent-penalty", "nan"], "--latent-penalty must be a finite number from 0")]),
+    ("train_shapes_clip", [(["--clip-batch", "0"], "--clip-batch must be between 1 and"),
+                           (["--clip-lr", "nan"], "--clip-lr must be a finite number above 0")]),
+])
+def test_bad_training_options_are_one_line_before_any_work(tmp_path, capsys, monkeypatch, script, extra):
+    module = training_script(script)
+    monkeypatch.setattr(module, "train", lambda *args: pytest.fail("training started"))
+    out = tmp_path / "model"
+    for arguments, expected in BAD_TRAINING_OPTIONS + extra:
+        monkeypatch.setattr(sys, "argv", [f"{script}.py", "--out", str(out), *arguments])
+        with pytest.raises(SystemExit) as exited:
+            module.main()
+        stderr = capsys.readouterr().err
+        assert exited.value.code == 2, stderr
+        lines = stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"{script}.py: error: {expected}"), stderr
+        assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_a_budget_of_nan_minutes_writes_no_model_folder(tmp_path):
+    from tests.training import run_recipe
+
+    result = run_recipe("train_shapes.py", tmp_path / "model", "--minutes-budget", "nan", "--vae-batch", "0")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == "train_shapes.py: error: --minutes-budget must be a finite number above 0 " \
+                                    "up to 1e+06, not nan"
+    assert not list(tmp_path.iterdir())
+
+
+# --- 6. damaged model folders -----------------------------------------------------------------------
+
+def edit_json(path, **changes):
+    config = json.loads(path.read_text())
+    config.update(changes)
+    path.write_text(json.dumps(config))
+
+
+def garbage_header(path):
+    path.write_bytes((2**60).to_bytes(8, "little") + b"\x00" * 64)
+
+
+def truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+
+
+def wrong_offsets(path):
+    data = path.read_bytes()
+    length = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + length])
+    name = next(key for key in header if key != "__metadata__")
+    header[name]["shape"] = [dimension + 1 for dimension in header[name]["shape"]] or [2]
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    path.write_bytes(len(raw).to_bytes(8, "little") + raw + data[8 + length:])
+
+
+DAMAGES = {
+    "string hidden_size": (lambda f: edit_json(f / "text_encoder/config.json", hidden_size="64"),
+                           "text_encoder/config.json: field hidden_size must be a whole number above 0, not '64'"),
+    "float sample_size": (lambda f: edit_json(f / "unet/config.json", sample_size=32.5),
+                          "unet/config.json: field sample_size must be a whole number above 0"),
+    "empty vae blocks": (lambda f: edit_json(f / "vae/config.json", block_out_channels=[]),
+                         "vae/config.json: field block_out_channels must be a non-empty list"),
+    "string scaling": (lambda f: edit_json(f / "vae/config.json", scaling_factor="0.18"),
+                       "vae/config.json: field scaling_factor must be a finite number above 0"),
+    "string layers": (lambda f: edit_json(f / "unet/config.json", layers_per_block="2"),
+                      "unet/config.json: field layers_per_block must be a number, not '2'"),
+    "string block types": (lambda f: edit_json(f / "unet/config.json", down_block_types="CrossAttnDownBlock2D"),
+                           "unet/config.json: field down_block_types must be a non-empty list"),
+    "string text layers": (lambda f: edit_json(f / "text_encoder/config.json", num_hidden_layers="two"),
+                           "text_encoder/config.json: field num_hidden_layers must be a number, not 'two'"),
+    "string beta": (lambda f: edit_json(f / "scheduler/scheduler_config.json", beta_start="0.00085"),
+                    "scheduler/scheduler_config.json: field beta_start must be a number, not '0.00085'"),
+    "null timesteps": (lambda f: edit_json(f / "scheduler/scheduler_config.json", num_train_timesteps=None),
+                       "scheduler/scheduler_config.json: field num_train_timesteps must be a number, not null"),
+    "list offset": (lambda f: edit_json(f / "scheduler/scheduler_config.json", steps_offset=["1"]),
+                    "scheduler/scheduler_config.json: field steps_offset must be a number"),
+    "garbage header": (lambda f: garbage_header(f / "unet/diffusion_pytorch_model.safetensors"),
+                       "unet/diffusion_pytorch_model.safetensors: not a safetensors file, or a damaged one"),
+    "tiny file": (lambda f: (f / "vae/diffusion_pytorch_model.safetensors").write_bytes(b"\x01"),
+                  "vae/diffusion_pytorch_model.safetensors: not a safetensors file, or a damaged one"),
+    "truncated": (lambda f: truncate(f / "text_encoder/model.safetensors"),
+                  "text_encoder/model.safetensors: the file holds"),
+    "wrong shape": (lambda f: wrong_offsets(f / "unet/diffusion_pytorch_model.safetensors"),
+                    "unet/diffusion_pytorch_model.safetensors: damaged safetensors header (tensor"),
+    "missing unet weights": (lambda f: (f / "unet/diffusion_pytorch_model.safetensors").unlink(),
+                             "unet: missing weights (diffusion_pytorch_model.safetensors or"),
+    "missing text weights": (lambda f: (f / "text_encoder/model.safetensors").unlink(),
+                             "text_encoder: missing weights (model.safetensors or pytorch_model.bin)"),
+    "missing vocabulary": (lambda f: (f / "tokenizer/vocab.json").unlink(), "the tokenizer lacks tokenizer/vocab.json"),
+    "garbage vocabulary": (lambda f: (f / "tokenizer/vocab.json").write_text("{not json"),
+                           "tokenizer: cannot load the tokenizer"),
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_folder():
+    from sd_struct_rt.model import embedded_model_folder
+
+    return embedded_model_folder("tiny")
+
+
+@pytest.mark.parametrize("damage", list(DAMAGES))
+def test_a_damaged_model_folder_is_one_line_naming_the_file_and_field(tmp_path, capsys, tiny_folder, damage):
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_folder, folder, ignore=shutil.ignore_patterns("sdrt-digests.json"))
+    damage_it, expected = DAMAGES[damage]
+    damage_it(folder)
+    out = tmp_path / "x.png"
+    line = one_error_line(*run_sdrt(capsys, "generate", PROMPT, "--model", str(folder), "--out", str(out), *FAST),
+                          expected)
+    assert str(folder) in line and "TypeError" not in line and "SafetensorError" not in line
+    assert not out.exists() and not leftovers(tmp_path)
+
+
+def test_the_undamaged_copy_loads(tmp_path, capsys, tiny_folder):
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_folder, folder, ignore=shutil.ignore_patterns("sdrt-digests.json"))
+    assert run_sdrt(capsys, "generate", PROMPT, "--model", str(folder), "--out", str(tmp_path / "x.png"), *FAST)[0] == 0
+
+
+@pytest.mark.parametrize("damage, expected", [
+    (lambda f: edit_json(f / "text_encoder_2/config.json", projection_dim="32"),
+     "text_encoder_2/config.json: field projection_dim must be a whole number above 0"),
+    (lambda f: edit_json(f / "text_encoder_2/config.json", hidden_size="64"),
+     "text_encoder_2/config.json: field hidden_size must be a whole number above 0"),
+    (lambda f: garbage_header(f / "text_encoder_2/model.safetensors"),
+     "text_encoder_2/model.safetensors: not a safetensors file, or a damaged one"),
+    (lambda f: (f / "tokenizer_2/merges.txt").unlink(), "the tokenizers lack tokenizer_2/merges.txt"),
+])
+def test_a_damaged_sdxl_folder_names_its_second_encoder(tmp_path, capsys, damage, expected):
+    import shutil
+
+    from sd_struct_rt.model import embedded_model_folder
+
+    folder = tmp_path / "model"
+    shutil.copytree(embedded_model_folder("tiny-sdxl"), folder, ignore=shutil.ignore_patterns("sdrt-digests.json"))
+    damage(folder)
+    out = tmp_path / "x.png"
+    one_error_line(*run_sdrt(capsys, "generate", PROMPT, "--model", str(folder), "--out", str(out), *FAST), expected)
+    assert not out.exists()
