@@ -62,15 +62,23 @@ def write_attention_maps(folder: Path, stem: str, image: Image.Image, maps: dict
     with reporting("create the attention-map folder", folder):
         folder.mkdir(parents=True, exist_ok=True)
     written, index = [], {}
-    for number, (name, heat) in enumerate(maps.items()):
-        slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:50]
-        path = folder / f"{stem}-{number:02d}-{slug}.png"
-        encoded = io.BytesIO()
-        heat_on(image, heat).save(encoded, format="PNG")
-        write_bytes_atomically(path, encoded.getvalue(), "attention map")
-        index[name] = {"file": path.name, "centroid_xy": heat_centroid(heat, image.size)}
-        written.append(path)
-    listing = folder / f"{stem}-attention.json"
-    contents = {"cross_attention_downsampling": None if downsampling is None else list(downsampling), "maps": index}
-    write_bytes_atomically(listing, (json.dumps(contents, indent=1) + "\n").encode(), "attention-map index")
-    return [*written, listing]
+    try:
+        for number, (name, heat) in enumerate(maps.items()):
+            slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:50]
+            path = folder / f"{stem}-{number:02d}-{slug}.png"
+            encoded = io.BytesIO()
+            heat_on(image, heat).save(encoded, format="PNG")
+            existed = path.exists()
+            write_bytes_atomically(path, encoded.getvalue(), "attention map")
+            index[name] = {"file": path.name, "centroid_xy": heat_centroid(heat, image.size)}
+            written.append((path, existed))
+        listing = folder / f"{stem}-attention.json"
+        contents = {"cross_attention_downsampling": None if downsampling is None else list(downsampling),
+                    "maps": index}
+        write_bytes_atomically(listing, (json.dumps(contents, indent=1) + "\n").encode(), "attention-map index")
+    except BaseException:
+        for path, existed in written:  # the maps this call made: a failed call leaves none of them
+            if not existed:
+                path.unlink(missing_ok=True)
+        raise
+    return [*(path for path, _ in written), listing]

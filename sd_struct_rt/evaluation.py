@@ -18,7 +18,7 @@ from typing import Any, Callable, Protocol, Sequence
 
 from PIL import Image
 
-from .errors import InputError
+from .errors import InputError, UserError
 
 BUILT_IN_SCORERS = {"shapes": "sd_struct_rt.shapes.scorer:ShapesScorer"}
 Z_95 = 1.959963984540054
@@ -41,19 +41,70 @@ class Scorer(Protocol):
 
 
 def load_scorer(spec: str) -> Scorer:
-    """``shapes`` or ``package.module:Name`` (a class, instantiated without arguments, or an object)."""
+    """``shapes`` or ``package.module:Name`` (a class, instantiated without arguments, or an object).
+
+    The user's module failing (on import, in ``__init__``) is one line naming it, with the
+    exception's type and message."""
     path = BUILT_IN_SCORERS.get(spec, spec)
     module_name, _, attribute = path.partition(":")
-    if not attribute:
+    if not attribute or not module_name:
         raise InputError(f"scorer must be one of {', '.join(BUILT_IN_SCORERS)} or package.module:Name, not {spec!r}")
     try:
-        found = getattr(importlib.import_module(module_name), attribute)
-    except (ImportError, AttributeError) as error:
+        module = importlib.import_module(module_name)
+    except (Exception, SystemExit) as error:  # the user's code: any exception at all
+        missing = getattr(error, "name", None) or ""
+        if isinstance(error, ImportError) and (module_name == missing or module_name.startswith(missing + ".")):
+            raise InputError(f"cannot load scorer {spec!r} ({type(error).__name__}: {error})") from None
+        failure = user_failure(error, f"module {module_name} failed on import")
+        raise InputError(f"cannot load scorer {spec!r}: {failure}") from None
+    try:
+        found = getattr(module, attribute)
+    except AttributeError as error:
         raise InputError(f"cannot load scorer {spec!r} ({type(error).__name__}: {error})") from None
-    scorer = found() if isinstance(found, type) else found
+    except (Exception, SystemExit) as error:
+        raise InputError(f"cannot load scorer {spec!r}: {user_failure(error, f'{module_name}.{attribute} failed')}") \
+            from None
+    try:
+        scorer = found() if isinstance(found, type) else found
+    except (Exception, SystemExit) as error:
+        raise InputError(f"cannot load scorer {spec!r}: {user_failure(error, f'{module_name}.{attribute}() failed')}") \
+            from None
     if not callable(getattr(scorer, "score", None)):
         raise InputError(f"scorer {spec!r} has no score(prompt, image) method")
     return scorer
+
+
+def user_failure(error: BaseException, what: str) -> str:
+    """``what`` the user's code did, with the exception's type and the first line of its message."""
+    message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return f"{what} ({type(error).__name__}{': ' + message[:300] if message else ''})"
+
+
+def scorer_label(scorer: Any) -> str:
+    """The user's scorer as its module and class name, for messages about its failures."""
+    kind = scorer if isinstance(scorer, type) else type(scorer)
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
+def checked_score(scorer: Scorer, prompt: str, image: Image.Image, where: str) -> Score:
+    """``scorer.score`` on one image; what it raises or returns instead of a Score is one line
+    naming the scorer and the image."""
+    try:
+        score = scorer.score(prompt, image)
+    except (Exception, SystemExit) as error:
+        raise UserError(f"scorer {scorer_label(scorer)}: {user_failure(error, f'score() failed on {where}')}") \
+            from None
+    if not hasattr(score, "success") or not hasattr(score, "outcome"):
+        raise UserError(f"scorer {scorer_label(scorer)}: score() returned {type(score).__name__} on {where}, "
+                        "not a Score(success, outcome, details)")
+    if not isinstance(score.outcome, str):
+        raise UserError(f"scorer {scorer_label(scorer)}: score() returned an outcome of type "
+                        f"{type(score.outcome).__name__} on {where}; give a short string")
+    details = getattr(score, "details", None)
+    if details is not None and not isinstance(details, dict):
+        raise UserError(f"scorer {scorer_label(scorer)}: score() returned details of type "
+                        f"{type(details).__name__} on {where}; give a dict")
+    return score
 
 
 def wilson_interval(successes: int, trials: int) -> tuple[float, float]:
@@ -120,7 +171,13 @@ def evaluate(pipe, prompts: Sequence[str], seeds: Sequence[int], modes: Sequence
     batches = [jobs[start:start + batch_size] for start in range(0, len(jobs), batch_size)]
     check_prompt = getattr(scorer, "check", None)
     for prompt in prompts if callable(check_prompt) else ():
-        check_prompt(prompt)
+        try:
+            check_prompt(prompt)
+        except UserError:
+            raise
+        except (Exception, SystemExit) as error:
+            raise UserError(f"scorer {scorer_label(scorer)}: "
+                            f"{user_failure(error, f'check() failed on the prompt {prompt!r}')}") from None
     requests = {(mode, index): pipe.check_inputs([prompt for prompt, _ in batch], seed=[seed for _, seed in batch],
                                                   mode=mode, **arguments)
                 for mode in modes for index, batch in enumerate(batches)}  # every input checked before the first image
@@ -130,10 +187,11 @@ def evaluate(pipe, prompts: Sequence[str], seeds: Sequence[int], modes: Sequence
         for index, batch in enumerate(batches):
             output = pipe.generate(pipe.prepare(requests[mode, index]))
             for (prompt, seed), image in zip(batch, output.images):
-                score = scorer.score(prompt, image) if scorer is not None else None
+                score = None if scorer is None else checked_score(
+                    scorer, prompt, image, f"the image of {prompt!r}, seed {seed}, mode {mode}")
                 trials.append(Trial(prompt, seed, mode, None if score is None else bool(score.success),
                                     None if score is None else score.outcome,
-                                    {} if score is None else dict(score.details)))
+                                    {} if score is None else dict(getattr(score, "details", None) or {})))
                 if keep_images:
                     images[(prompt, seed, mode)] = image
             done += len(batch)

@@ -173,6 +173,49 @@ def check_writable_folder(path: Path, what: str = "output") -> None:
     os.unlink(probe)
 
 
+def same_path(first: Path, second: Path) -> bool:
+    """Whether two paths name one file: the same resolved path (other spellings, links, ``..``),
+    or, when both exist, the same file (hard links)."""
+    try:
+        if first.resolve() == second.resolve():
+            return True
+        return first.exists() and second.exists() and os.path.samefile(first, second)
+    except (OSError, RuntimeError):  # a link loop, an unreadable folder: compare them as written
+        return os.path.abspath(first) == os.path.abspath(second)
+
+
+def refuse_shared_outputs(outputs: dict[str, Path | None]) -> None:
+    """Refuse, before any work, two outputs of one command (by flag) that name the same file:
+    one would overwrite the other."""
+    given = [(flag, path) for flag, path in outputs.items() if path is not None]
+    for index, (flag, path) in enumerate(given):
+        for other_flag, other in given[index + 1:]:
+            if same_path(path, other):
+                raise UserError(f"{flag} {path} and {other_flag} {other} name the same file, so one would "
+                                "overwrite the other; give each its own path")
+
+
+def check_creatable_folder(folder: Path, what: str) -> None:
+    """Fail now, before any work, if ``folder`` cannot be made (or is not writable when it exists):
+    something other than a folder in its place or on its way, a read-only or missing parent."""
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{what} {folder} is a file, not a folder; choose a folder")
+    existing = folder
+    while not existing.exists():
+        if existing.is_symlink():  # a dangling link cannot be made into a folder
+            raise UserError(f"{what} {folder}: {existing} is a broken link; choose another folder")
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"cannot create {what} {folder}: {existing} is a file, not a folder")
+    try:
+        handle, probe = tempfile.mkstemp(prefix=f".{STAGING_MARK}{os.getpid()}-", suffix=".probe", dir=existing)
+    except OSError as error:
+        raise UserError(f"cannot {'write to' if existing == folder else 'create'} {what} {folder} "
+                        f"({_ADVICE.get(error.errno, error.strerror)}); choose a writable folder") from None
+    os.close(handle)
+    os.unlink(probe)
+
+
 @contextlib.contextmanager
 def exclusive_lock(lock_path: Path, busy: str | None = None) -> Iterator[None]:
     """Hold an exclusive ``flock`` on ``lock_path`` for the block; the file goes with the lock.

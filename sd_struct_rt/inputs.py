@@ -94,3 +94,55 @@ def nonempty(value: str, name: str, hint: str = "say what to draw") -> str:
     if not preprocess(value):
         raise InputError(f"is empty; {hint}", parameter=name)
     return value
+
+
+# --- types of the API's other arguments: each refusal names its parameter ----------------------
+
+def shown(value: object, limit: int = 60) -> str:
+    """A value as a refusal quotes it: its repr, cut short."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def switch(value: object, name: str) -> bool:
+    """A yes/no argument: True or False (0 and 1 are taken as those)."""
+    if isinstance(value, bool) or (isinstance(value, numbers.Integral) and value in (0, 1)):
+        return bool(value)
+    raise InputError(f"must be True or False, not {shown(value)}", parameter=name)
+
+
+def name_or_none(value: object, name: str, choices: str) -> str | None:
+    """A name such as a scheduler's: a string (checked against ``choices`` later) or None."""
+    if value is not None and not isinstance(value, str):
+        raise InputError(f"must be {choices} or None, not {shown(value)}", parameter=name)
+    return value
+
+
+def name_of(value: object, name: str, choices: str) -> str:
+    """A required name, such as a device: a string."""
+    if not isinstance(value, str):
+        raise InputError(f"must be {choices}, not {shown(value)}", parameter=name)
+    return value
+
+
+def path_text(value: object, name: str, what: str) -> str:
+    """A folder, model name or hub id given as a string or a path (``os.PathLike``), as a string."""
+    import os
+
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str):
+        raise InputError(f"must be {what} (a string or a path), not {shown(value)}", parameter=name)
+    return value
+
+
+def strings_or_none(value: object, name: str) -> None:
+    """None, a string, or a list or tuple of strings; the refusal names the first item that is not."""
+    if value is None or isinstance(value, str):
+        return
+    if not isinstance(value, (list, tuple)):
+        raise InputError(f"must be a string or a list of strings, not {type(value).__name__}", parameter=name)
+    for index, item in enumerate(value):
+        if not isinstance(item, str):
+            raise InputError(f"must be a string or a list of strings; item {index} is "
+                             f"{type(item).__name__} {shown(item)}", parameter=name)

@@ -51,7 +51,7 @@ from .image import png_bytes, save_png, to_pil
 from .manifest import Manifest
 from .modes import DEFAULT_MAX_LEVELS, MAX_LEVELS, MODES, Mode, mode_named, role_for
 from .sampling import DenoisingRun, Progress, initial_latents, seeded_generators, to_uint8
-from .schedulers import make_scheduler, scheduler_name
+from .schedulers import SCHEDULERS, make_scheduler, scheduler_name
 from .structure import analyse
 from .structure.parsers import PARSERS, Parser, make_parser
 from .structure.spans import StructuredPrompt, capped
@@ -148,6 +148,9 @@ class StructuredDiffusionPipeline:
         from .families import family_named
         from .model import load_model
 
+        model = inputs.path_text(model, "model", "an embedded model's name, a model folder or a hub id")
+        inputs.name_of(device, "device", "auto, cpu or cuda")
+        inputs.name_of(precision, "precision", "fp32 or fp16")
         loaded = load_model(model)
         family = family_named(loaded.facts.family)
         networks = entry("torch").load().open_model(loaded, family, device, precision)
@@ -165,7 +168,11 @@ class StructuredDiffusionPipeline:
         from .families import family_named
         from .manifest import expect, read_manifest, rebuild_command, verify_files
 
-        folder = Path(folder)
+        folder = Path(inputs.path_text(folder, "folder", "an engine set's folder"))
+        inputs.name_or_none(model, "model", "the model id the set was built from")
+        inputs.name_or_none(backend, "backend", "a backend's name")
+        inputs.name_of(device, "device", "auto, cpu or cuda")
+        cuda_graphs = inputs.switch(cuda_graphs, "cuda_graphs")
         manifest = read_manifest(folder)
         if model is not None:
             expect(manifest, folder, model_id=model)
@@ -289,6 +296,13 @@ class StructuredDiffusionPipeline:
                      max_levels: int = DEFAULT_MAX_LEVELS, scheduler: str | None = None,
                      attention_maps: bool = False, attention_downsampling: Sequence[int] | None = None) -> Request:
         """Check every input (cheap: no parsing, no network) and fill in the defaults."""
+        inputs.name_or_none(scheduler, "scheduler", f"one of {', '.join(SCHEDULERS)}")
+        if parser is not None and not isinstance(parser, str) and not callable(getattr(parser, "phrases", None)):
+            raise InputError(f"must be one of {', '.join(PARSERS)}, a parser object (with phrases(prompt)) "
+                             f"or None, not {inputs.shown(parser)}", parameter="parser")
+        inputs.strings_or_none(phrases, "phrases")
+        inputs.strings_or_none(trees, "trees")
+        attention_maps = inputs.switch(attention_maps, "attention_maps")
         num_inference_steps = self.drawing_defaults["num_inference_steps"] if num_inference_steps is None \
             else num_inference_steps
         guidance_scale = self.drawing_defaults["guidance_scale"] if guidance_scale is None else guidance_scale

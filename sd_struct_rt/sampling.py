@@ -6,7 +6,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .errors import UserError
+from .errors import InputError, UserError
 
 Progress = Callable[[int, int], None]  # (steps done, steps asked for)
 
@@ -43,6 +43,9 @@ class DenoisingRun:
                  conditional_rows: Sequence[int] | None = None):
         from .schedulers import draws_noise
 
+        if progress is not None and not callable(progress):
+            raise InputError(f"progress must be a function progress(done, total) or None, not "
+                             f"{type(progress).__name__}")
         if conditional_rows is not None and len(conditional_rows) != latents.shape[0]:
             raise ValueError(f"{len(conditional_rows)} conditional row counts for {latents.shape[0]} prompts")
         # Each conditional row's prompt; None while there is one each (the usual two rows per prompt).

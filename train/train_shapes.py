@@ -35,6 +35,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import argparse  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
+import re  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -48,8 +49,9 @@ from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel  # noqa
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn  # noqa: E402
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer  # noqa: E402
 
-from sd_struct_rt.cli.options import Terminated, install_signal_handlers, positive_int  # noqa: E402
+from sd_struct_rt.cli.options import Terminated, checked, install_signal_handlers, positive_int  # noqa: E402
 from sd_struct_rt.files import clear_stale_staging, os_error_line, remove_entry, staging_path  # noqa: E402
+from sd_struct_rt.inputs import whole_number  # noqa: E402
 from sd_struct_rt.model import DRAWING_DEFAULTS_NAME  # noqa: E402
 from sd_struct_rt.shapes import scorer, world  # noqa: E402
 from sd_struct_rt.text import token_ids  # noqa: E402
@@ -292,28 +294,62 @@ def write_drawing_defaults(out: Path) -> None:
     (out / DRAWING_DEFAULTS_NAME).write_text(json.dumps(DRAWING_DEFAULTS, indent=1) + "\n")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """A bad option is one line (not the usage block) and exit 2, before any work."""
+
+    def error(self, message: str):
+        message = re.sub(r"^argument (\S+): (?=\1 )", "", message)  # our checks name the flag themselves
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def count(flag: str, upper: int):
+    """A whole number from 1 to ``upper``: a count of scenes, threads or rows in a batch."""
+    return positive_int(flag, upper)
+
+
+def number(flag: str, low: float, upper: float, low_included: bool = False):
+    """A finite number above ``low`` (or from it, ``low_included``) and at most ``upper``; nan and inf refused."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} must be a number, not {text!r}") from None
+        above = value >= low if low_included else value > low
+        if not math.isfinite(value) or not above or value > upper:
+            bound = f"{'from' if low_included else 'above'} {low:g} up to {upper:g}"
+            raise argparse.ArgumentTypeError(f"{flag} must be a finite number {bound}, not {text}")
+        return value
+    return parse
+
+
+def seed_option(text: str) -> int:
+    return checked(int, lambda value, name: whole_number(value, name, 0, 2**63 - 1), "--seed", "a whole number")(text)
+
+
 def recipe_parser(description: str, minutes_budget: float) -> argparse.ArgumentParser:
     """The options every shapes recipe has: where, which seed, how long at most, how much data,
-    the UNet phase and the threads."""
-    parser = argparse.ArgumentParser(description=description)
+    the UNet phase and the threads. Each is checked here, so a bad one stops the run before any work."""
+    parser = OneLineParser(description=description)
     parser.add_argument("--out", type=Path, required=True, help="folder to write (must not exist)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--minutes-budget", type=float, default=minutes_budget,
+    parser.add_argument("--seed", type=seed_option, default=0)
+    parser.add_argument("--minutes-budget", type=number("--minutes-budget", 0, 10**6), default=minutes_budget,
                         help="a guard: stop early (and warn) if the steps do not fit in this wall time")
-    parser.add_argument("--scenes", type=int, default=20000, help="training images rendered and encoded")
+    parser.add_argument("--scenes", type=count("--scenes", 10**6), default=20000,
+                        help="training images rendered and encoded")
     parser.add_argument("--unet-steps", type=positive_int("--unet-steps", 10**6), default=UNET_STEPS)
-    parser.add_argument("--unet-batch", type=int, default=64)
-    parser.add_argument("--unet-lr", type=float, default=1e-3)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--unet-batch", type=count("--unet-batch", 4096), default=64)
+    parser.add_argument("--unet-lr", type=number("--unet-lr", 0, 10), default=1e-3)
+    parser.add_argument("--threads", type=count("--threads", 1024), default=2)
     return parser
 
 
 def main() -> None:
     parser = recipe_parser(__doc__.split("\n\n")[0], minutes_budget=44.5)
     parser.add_argument("--vae-steps", type=positive_int("--vae-steps", 10**6), default=600)
-    parser.add_argument("--vae-batch", type=int, default=16)
-    parser.add_argument("--vae-lr", type=float, default=2e-3)
-    parser.add_argument("--latent-penalty", type=float, default=1e-5, help="weight of the mean squared latent")
+    parser.add_argument("--vae-batch", type=count("--vae-batch", 4096), default=16)
+    parser.add_argument("--vae-lr", type=number("--vae-lr", 0, 10), default=2e-3)
+    parser.add_argument("--latent-penalty", type=number("--latent-penalty", 0, 10**6, low_included=True),
+                        default=1e-5, help="weight of the mean squared latent")
     run_staged(parser, train, "train_shapes")
 
 

@@ -291,8 +291,8 @@ def main() -> None:
     parser.add_argument("--caption-mix", type=caption_mix, default=CAPTION_MIX,
                         help=f"shares of two-object caption kinds for the CLIP (default {format_mix(CAPTION_MIX)})")
     parser.add_argument("--clip-steps", type=positive_int("--clip-steps", 10**6), default=1500)
-    parser.add_argument("--clip-batch", type=int, default=CLIP_BATCH)
-    parser.add_argument("--clip-lr", type=float, default=1e-3)
+    parser.add_argument("--clip-batch", type=recipe.count("--clip-batch", 4096), default=CLIP_BATCH)
+    parser.add_argument("--clip-lr", type=recipe.number("--clip-lr", 0, 10), default=1e-3)
     parser.add_argument("--probe-only", action="store_true",
                         help="stop after the CLIP's binding probe (to try caption mixes); the folder then holds "
                              "only the tokenizer and the log")

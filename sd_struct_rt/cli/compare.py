@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..errors import UserError
 from . import options
 from .evaluate import DEFAULT_MODES
 
@@ -47,23 +46,19 @@ def add_to(commands) -> None:
 
 def run(args) -> None:
     from .. import inputs
-    from ..modes import MODES
     from ..files import check_writable_folder
     from ..grids import contact_sheet
     from ..image import save_png
     from ..pipeline import StructuredDiffusionPipeline
 
-    modes = [mode.strip() for mode in args.modes.split(",") if mode.strip()]
-    unknown = [mode for mode in modes if mode not in MODES]
-    if not modes or unknown:
-        raise UserError(f"--modes takes {', '.join(MODES)}, comma-separated, not {args.modes!r}")
+    modes = options.modes_list(args.modes)
+    seeds = options.seed_run(args.seed, args.seeds)
     prompt = inputs.text(args.prompt, "the prompt")
     check_writable_folder(args.out)
     if args.engine is not None:
         pipe = StructuredDiffusionPipeline.from_engines(args.engine, model=args.model)
     else:
         pipe = StructuredDiffusionPipeline.from_pretrained(args.model or "tiny")
-    seeds = [args.seed + column for column in range(args.seeds)]
     common = dict(num_inference_steps=args.steps, guidance_scale=args.guidance, width=args.width,
                   height=args.height, scheduler=args.scheduler)
     requests = [pipe.check_inputs([prompt] * len(seeds), seed=seeds, mode=mode, **common) for mode in modes]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 from pathlib import Path
 
@@ -78,26 +79,24 @@ def _prompts(args) -> list[str]:
 
 def run(args) -> None:
     from ..evaluation import evaluate, load_scorer, report
-    from ..files import check_writable_folder, write_bytes_atomically
+    from ..files import atomic_path, check_writable_folder, refuse_shared_outputs, reporting
     from ..grids import contact_sheet
-    from ..image import save_png
+    from ..image import png_bytes
     from ..pipeline import StructuredDiffusionPipeline
     from ..shapes import MODELS as SHAPES_MODELS
 
     if args.out is None and args.sheet is None:
         raise UserError("give --out FILE.json for the results, --sheet FILE.png for the images, or both")
+    refuse_shared_outputs({"--out": args.out, "--sheet": args.sheet})
     for path in (args.out, args.sheet):
         if path is not None:
             check_writable_folder(path)
-    modes = [mode.strip() for mode in args.modes.split(",") if mode.strip()]
-    if not modes or len(set(modes)) != len(modes):
-        raise UserError("--modes takes distinct modes separated by commas, such as plain,values,keys; "
-                        f"not {args.modes!r}")
+    modes = options.modes_list(args.modes)
+    seeds = options.seed_run(args.seed, args.seeds)
     model = args.model or ("shapes" if args.engine is None else None)
     scorer_name = args.scorer or ("shapes" if model in SHAPES_MODELS or args.prompts else "none")
     scorer = None if scorer_name == "none" else load_scorer(scorer_name)
     prompts = _prompts(args)
-    seeds = [args.seed + index for index in range(args.seeds)]
     pipe = (StructuredDiffusionPipeline.from_engines(args.engine, model=args.model) if args.engine is not None
             else StructuredDiffusionPipeline.from_pretrained(model))
     bar = options.ProgressBar(args, "eval", unit="image")
@@ -113,22 +112,45 @@ def run(args) -> None:
                "guidance": drawn["guidance_scale"] if args.guidance is None else args.guidance,
                "scheduler": args.scheduler or "the model's own"}
     result = report(trials, modes, scorer, context)
-    if args.out is not None:
-        write_bytes_atomically(args.out, (json.dumps(result, indent=1) + "\n").encode(), "results")
+    results_json = (json.dumps(result, indent=1, default=_plain) + "\n").encode()
+    sheet_png = None
     if args.sheet is not None:
         keys = [(prompt, seed) for prompt in prompts for seed in seeds][:args.sheet_rows]
         outcome = {(trial.prompt, trial.seed, trial.mode): trial.outcome for trial in trials}
         rows = [[images[(prompt, seed, mode)] for mode in modes] for prompt, seed in keys]
         labels = [f"{prompt} / {seed}" for prompt, seed in keys]
         sheet = contact_sheet(rows, labels, modes, title=f"{pipe.model_id}: {', '.join(modes)}", scale=2)
-        save_png(sheet, args.sheet, {"model": pipe.model_id, "modes": ",".join(modes),
-                                     "outcomes": json.dumps({f"{p} / {s} / {m}": o for (p, s, m), o in outcome.items()
-                                                             if (p, s) in keys})})
+        sheet_png = png_bytes(sheet, {"model": pipe.model_id, "modes": ",".join(modes),
+                                      "outcomes": json.dumps({f"{p} / {s} / {m}": o
+                                                              for (p, s, m), o in outcome.items() if (p, s) in keys})})
+    # Both files are made in full before either is renamed into place: a failure leaves neither.
+    with contextlib.ExitStack() as stack:
+        for path, data, what in ((args.out, results_json, "results"), (args.sheet, sheet_png, "image")):
+            if path is not None:
+                staged = stack.enter_context(atomic_path(path, what))
+                with reporting(f"write {what}", path):
+                    staged.write_bytes(data)
     if result["summary"] is not None:
         for mode, row in result["summary"]["modes"].items():
             low, high = row["ci95"]
-            print(f"{mode:<8} binding success {row['success_rate']:.3f} (95% CI {low:.3f}-{high:.3f}, "
+            print(f"{mode:<8} binding success {_rate(row['success_rate'])} (95% CI {low:.3f}-{high:.3f}, "
                   f"{row['images']} images)")
         for name, row in result["summary"]["paired"].items():
-            print(f"{name:<18} difference {row['difference']:+.3f}, McNemar p = {row['mcnemar_p']:.4f}")
+            difference = "n/a" if row["difference"] is None else f"{row['difference']:+.3f}"
+            print(f"{name:<18} difference {difference}, McNemar p = {row['mcnemar_p']:.4f}")
     print(f"wrote {', '.join(str(path) for path in (args.out, args.sheet) if path is not None)}")
+
+
+def _rate(rate: float | None) -> str:
+    return "n/a" if rate is None else f"{rate:.3f}"
+
+
+def _plain(value):
+    """JSON for what a user's scorer put in its details: numpy numbers as numbers, anything else as text."""
+    item = getattr(value, "item", None)
+    if callable(item):
+        try:
+            return item()
+        except (TypeError, ValueError):
+            pass
+    return str(value)

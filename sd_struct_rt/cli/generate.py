@@ -159,21 +159,31 @@ def run(args) -> None:
     if args.attention_downsampling is not None and args.attention_maps is None:
         raise UserError("--attention-downsampling goes with --attention-maps DIR")
     targets = _targets(args)
+    if args.attention_maps is not None:  # refused now, not after the first image is written
+        from ..files import check_creatable_folder, refuse_shared_outputs
+
+        if args.out_dir is None:  # maps beside the images of --out-dir are fine, not in place of --out
+            refuse_shared_outputs({"--out": args.out, "--attention-maps": args.attention_maps})
+        check_creatable_folder(args.attention_maps, "--attention-maps")
     parser = options.chosen_parser(args) if MODES[args.mode].uses_structure else None
     created = None
     if args.out_dir is not None and not args.out_dir.exists():
         with reporting("create --out-dir", args.out_dir):
             args.out_dir.mkdir(parents=True)
         created = args.out_dir
+    maps_created = args.attention_maps if args.attention_maps is not None and not args.attention_maps.exists() \
+        else None
     try:
         _generate(args, targets, parser)
     finally:
-        if created is not None and not any(created.iterdir()):
-            created.rmdir()  # made for this run, which wrote nothing into it
+        for folder in (created, maps_created):
+            if folder is not None and folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()  # made for this run, which wrote nothing into it
 
 
 def _generate(args, targets: list[tuple[str, int, Path]], parser) -> None:
     from ..attention_maps import write_attention_maps
+    from ..files import atomic_path, reporting
     from ..text import content_tokens, token_count
 
     pipe = open_pipeline(args)
@@ -205,8 +215,13 @@ def _generate(args, targets: list[tuple[str, int, Path]], parser) -> None:
         finally:
             bar.close()
         for index, out in enumerate(outs[batch]):
-            result.save(index, out)
-            if args.attention_maps is not None:
+            if args.attention_maps is None:
+                result.save(index, out)
+                continue
+            # The image and its maps are all or nothing: the image is staged until its maps are
+            # written, so a failure leaves neither (and a file already at --out as it was).
+            with atomic_path(out, "image") as staged, reporting("write image", out):
+                staged.write_bytes(result.png(index))
                 write_attention_maps(args.attention_maps, out.stem, result.images[index], result.attention[index],
                                      result.attention_downsampling)
     print(f"wrote {outs[0] if len(outs) == 1 else f'{len(outs)} images in {args.out_dir}'}")

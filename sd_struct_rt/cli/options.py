@@ -105,6 +105,28 @@ def int_range(name: str):
     return parse
 
 
+def modes_list(text: str, flag: str = "--modes") -> list[str]:
+    """The modes of a comma-separated flag: known ones, each once (a mode twice would draw the same row twice)."""
+    from ..modes import MODES
+
+    modes = [mode.strip() for mode in text.split(",") if mode.strip()]
+    unknown = [mode for mode in modes if mode not in MODES]
+    if not modes or unknown:
+        raise UserError(f"{flag} takes {', '.join(MODES)}, comma-separated, not {text!r}")
+    if len(set(modes)) != len(modes):
+        raise UserError(f"{flag} takes distinct modes separated by commas, such as plain,values,keys; not {text!r}")
+    return modes
+
+
+def seed_run(first: int, count: int, count_flag: str = "--seeds") -> list[int]:
+    """Seeds ``first`` .. ``first + count - 1``, refused in one line (quoting only what was given)
+    when they would pass the largest seed."""
+    if first + count - 1 > inputs.MAX_SEED:
+        raise UserError(f"--seed {first} with {count_flag} {count} would pass 2**63-1, the largest seed "
+                        f"(the seeds run from --seed upwards); lower --seed or {count_flag}")
+    return [first + index for index in range(count)]
+
+
 def add_drawing_options(parser: argparse.ArgumentParser) -> None:
     """``--steps`` and ``--guidance``, whose defaults come from the model in hand."""
     from ..pipeline import DEFAULT_GUIDANCE_SCALE, DEFAULT_STEPS

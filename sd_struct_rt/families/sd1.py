@@ -38,12 +38,22 @@ from ..contract import (Axis, Fixed, ModelFacts, NetworkContract, Profile, Scale
                         uniform_below)
 from ..errors import UserError
 from ..text import token_ids
-from . import COMPONENTS, read_drawing_defaults
+from . import COMPONENTS, checks, read_drawing_defaults
 
 LATENT_CHANNELS = 4
 TRAIN_TIMESTEPS = 1000
 REQUIRED_FILES = ("model_index.json", "unet/config.json", "vae/config.json", "text_encoder/config.json",
                   "scheduler/scheduler_config.json")
+TOKENIZER_FILES = ("vocab.json", "merges.txt")
+# The config fields this family reads itself, and their kinds (``checks.field``).
+READ_FIELDS = {
+    "unet/config.json": {"_class_name": "text", "in_channels": "count", "cross_attention_dim": "count",
+                         "sample_size": "count", "block_out_channels": "counts"},
+    "vae/config.json": {"block_out_channels": "counts", "scaling_factor": "number", "latent_channels": "count"},
+    "text_encoder/config.json": {"hidden_size": "count", "vocab_size": "count", "hidden_act": "text"},
+}
+REQUIRED_FIELDS = {"_class_name", "in_channels", "cross_attention_dim", "sample_size", "block_out_channels",
+                   "hidden_size", "vocab_size"}
 FOLDER_HINT = ("expected a diffusers-format Stable Diffusion 1.x folder (model_index.json, unet/, vae/, "
                "text_encoder/, tokenizer/, scheduler/)")
 
@@ -146,6 +156,7 @@ class StableDiffusion1:
     title = "Stable Diffusion 1.x"
     tokenizer_folders = ("tokenizer",)
     added_conditions: tuple[str, ...] = ()  # the UNet's inputs after level_mask (SDXL's pooled text and sizes)
+    read_fields, required_fields = READ_FIELDS, REQUIRED_FIELDS
 
     def claims(self, model_index: Mapping[str, Any], folder: Path) -> bool:
         return model_index.get("_class_name") == "StableDiffusionPipeline" and not _openclip_text_encoder(folder)
@@ -158,6 +169,11 @@ class StableDiffusion1:
             missing.append("tokenizer/")
         if missing:
             raise UserError(f"{folder} is not a Stable Diffusion model: missing {', '.join(missing)}; {FOLDER_HINT}")
+        missing = [f"{name}/{file}" for name in self.tokenizer_folders for file in TOKENIZER_FILES
+                   if not (folder / name / file).is_file()]
+        if missing:
+            raise UserError(f"{folder}: the tokenizer lacks {', '.join(missing)}; {FOLDER_HINT}")
+        self.check_fields(folder)
         unet = _read_config(folder, "unet/config.json")
         text = _read_config(folder, "text_encoder/config.json")
         if unet.get("_class_name") != "UNet2DConditionModel" or unet.get("in_channels") != LATENT_CHANNELS:
@@ -165,6 +181,33 @@ class StableDiffusion1:
         if unet.get("cross_attention_dim") != text.get("hidden_size"):
             raise UserError(f"{folder}: unet cross_attention_dim {unet.get('cross_attention_dim')} does not "
                             f"match the text encoder width {text.get('hidden_size')}; not an SD 1.x model")
+
+    def check_fields(self, folder: Path) -> None:
+        """Every config field this module reads has its type (one line naming the file and the field)."""
+        for name, fields in self.read_fields.items():
+            config = _read_config(folder, name)
+            for field_name, kind in fields.items():
+                checks.field(config, folder / name, field_name, kind, required=field_name in self.required_fields)
+
+    def check_before_loading(self, folder: Path) -> None:
+        """Every field each part's library reads has the kind of its class's default, and every
+        weight file is there with a sane header: a damaged folder is one line, not a traceback
+        from inside diffusers, transformers or safetensors."""
+        import diffusers
+        from transformers import CLIPTextConfig
+
+        text_defaults = CLIPTextConfig().to_dict()
+        for part, (library, defaults) in self.parts(diffusers, text_defaults).items():
+            checks.matches_defaults(_read_config(folder, f"{part}/config.json"), folder / part / "config.json",
+                                    defaults)
+            checks.check_weights(folder / part, library)
+
+    def parts(self, diffusers, text_defaults: dict) -> dict[str, tuple[str, dict]]:
+        """Each part with weights: its library and the defaults its config is held to (the
+        scheduler's config is held to its own class's in ``load``)."""
+        return {"unet": ("diffusers", checks.class_defaults(diffusers.UNet2DConditionModel)),
+                "vae": ("diffusers", checks.class_defaults(diffusers.AutoencoderKL)),
+                "text_encoder": ("transformers", text_defaults)}
 
     def read_facts(self, folder: Path) -> ModelFacts:
         unet = _read_config(folder, "unet/config.json")
@@ -184,29 +227,41 @@ class StableDiffusion1:
     def load(self, folder: Path, model_id: str) -> StableDiffusionModel:
         import diffusers
         from diffusers import AutoencoderKL, SchedulerMixin, UNet2DConditionModel
-        from transformers import CLIPTextModel, CLIPTokenizer
+        from transformers import CLIPTextModel
 
         scheduler_config = _read_config(folder, "scheduler/scheduler_config.json")
         scheduler_class = getattr(diffusers, str(scheduler_config.get("_class_name", "")), None)
         if not (isinstance(scheduler_class, type) and issubclass(scheduler_class, SchedulerMixin)):
             raise UserError(f"{folder}: unknown scheduler {scheduler_config.get('_class_name')!r}")
+        self.check_before_loading(folder)
+        (tokenizer, *_) = self.load_tokenizers(folder)
+        checks.matches_defaults(scheduler_config, folder / "scheduler" / "scheduler_config.json",
+                                checks.class_defaults(scheduler_class))
         try:
             parts = dict(
-                tokenizer=CLIPTokenizer.from_pretrained(folder / "tokenizer"),
+                tokenizer=tokenizer,
                 text_encoder=CLIPTextModel.from_pretrained(folder / "text_encoder").eval(),
                 unet=UNet2DConditionModel.from_pretrained(folder / "unet").eval(),
                 vae=AutoencoderKL.from_pretrained(folder / "vae").eval(),
                 scheduler=scheduler_class.from_config(scheduler_config),
             )
-        except (OSError, ValueError, EnvironmentError) as error:
-            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        except Exception as error:  # the checks above catch what they can; what a library still finds is one line
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise UserError(f"{folder}: cannot load the model weights ({reason})") from None
         return StableDiffusionModel(model_id=model_id, folder=folder, facts=self.read_facts(folder), **parts)
 
     def load_tokenizers(self, folder: Path) -> tuple:
         from transformers import CLIPTokenizer
 
-        return tuple(CLIPTokenizer.from_pretrained(folder / name) for name in self.tokenizer_folders)
+        tokenizers = []
+        for name in self.tokenizer_folders:
+            try:
+                tokenizers.append(CLIPTokenizer.from_pretrained(folder / name))
+            except Exception as error:  # a damaged vocab.json or merges.txt
+                reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                raise UserError(f"{folder / name}: cannot load the tokenizer ({type(error).__name__}: "
+                                f"{reason[:200]}); {FOLDER_HINT}") from None
+        return tuple(tokenizers)
 
     def networks(self, facts: ModelFacts, mode: str) -> dict[str, NetworkContract]:
         level_input = role_named(mode).level_input  # SPEC 5: named after the role the levels play

@@ -31,7 +31,8 @@ from torch import nn
 from ..contract import Fixed, ModelFacts, TensorSpec, integers_below, uniform_below
 from ..errors import UserError
 from ..text import token_ids
-from .sd1 import LATENT_CHANNELS, Dims, StableDiffusion1, _read_config
+from .sd1 import (LATENT_CHANNELS, READ_FIELDS, REQUIRED_FIELDS, TOKENIZER_FILES, Dims, StableDiffusion1,
+                  _read_config)
 
 ADDED_CONDITIONS = ("text_embeds", "time_ids")
 FOLDER_HINT = ("expected a diffusers-format Stable Diffusion XL base folder (model_index.json, unet/, vae/, "
@@ -84,6 +85,10 @@ class StableDiffusionXL(StableDiffusion1):
     title = "Stable Diffusion XL"
     tokenizer_folders = ("tokenizer", "tokenizer_2")
     added_conditions = ADDED_CONDITIONS
+    read_fields = {**READ_FIELDS,
+                   "unet/config.json": {**READ_FIELDS["unet/config.json"], "addition_embed_type": "text"},
+                   "text_encoder_2/config.json": {"hidden_size": "count", "projection_dim": "count"}}
+    required_fields = REQUIRED_FIELDS | {"projection_dim"}
 
     def claims(self, model_index: Mapping[str, Any], folder: Path) -> bool:
         return model_index.get("_class_name") == "StableDiffusionXLPipeline"
@@ -96,6 +101,11 @@ class StableDiffusionXL(StableDiffusion1):
         if missing:
             raise UserError(f"{folder} is not a Stable Diffusion XL model: missing {', '.join(missing)}; "
                             f"{FOLDER_HINT}")
+        missing = [f"{name}/{file}" for name in self.tokenizer_folders for file in TOKENIZER_FILES
+                   if not (folder / name / file).is_file()]
+        if missing:
+            raise UserError(f"{folder}: the tokenizers lack {', '.join(missing)}; {FOLDER_HINT}")
+        self.check_fields(folder)
         unet = _read_config(folder, "unet/config.json")
         first = _read_config(folder, "text_encoder/config.json")
         second = _read_config(folder, "text_encoder_2/config.json")
@@ -105,6 +115,9 @@ class StableDiffusionXL(StableDiffusion1):
         if unet.get("cross_attention_dim") != width:
             raise UserError(f"{folder}: unet cross_attention_dim {unet.get('cross_attention_dim')} is not the two "
                             f"text encoders' widths together ({width})")
+
+    def parts(self, diffusers, text_defaults: dict) -> dict[str, tuple[str, dict]]:
+        return {**super().parts(diffusers, text_defaults), "text_encoder_2": ("transformers", text_defaults)}
 
     def read_facts(self, folder: Path) -> ModelFacts:
         facts = super().read_facts(folder)
@@ -127,8 +140,8 @@ class StableDiffusionXL(StableDiffusion1):
         try:
             tokenizer_2 = CLIPTokenizer.from_pretrained(folder / "tokenizer_2")
             text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(folder / "text_encoder_2").eval()
-        except (OSError, ValueError) as error:
-            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        except Exception as error:  # what the checks before loading could not see is still one line
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise UserError(f"{folder}: cannot load the model weights ({reason})") from None
         return StableDiffusionXLModel(model_id, folder, self.read_facts(folder), first.tokenizer, tokenizer_2,
                                       first.text_encoder, text_encoder_2, first.unet, first.vae, first.scheduler)
