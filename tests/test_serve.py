@@ -162,6 +162,24 @@ def test_bad_bodies_are_one_line_json_4xx_and_the_server_keeps_serving(server, b
     assert server.healthy()
 
 
+@pytest.mark.parametrize("method, path, status", [
+    ("GET", "/nowhere", 404), ("GET", "/v1/generate", 405), ("DELETE", "/healthz", 405),
+])
+def test_fastapis_own_answers_are_our_one_line_json(server, method, path, status):
+    response = httpx.request(method, f"{server.url}{path}", timeout=10)
+    assert response.status_code == status
+    error = response.json()["error"]
+    assert path in error and "POST /v1/generate" in error and "\n" not in error
+    assert set(response.json()) == {"error"}
+
+
+def test_a_deeply_nested_body_is_a_json_400_not_a_500(server):
+    response = server.post("[" * 20_000 + "]" * 20_000)  # under the 64 KB limit, past any recursion limit
+    assert response.status_code == 400
+    assert response.json()["error"] == "the body is not valid JSON"
+    assert server.healthy()
+
+
 def test_a_full_queue_is_429_with_retry_after(server):
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
         responses = list(pool.map(lambda seed: server.post({"prompt": "a cat", "seed": seed, "steps": 30,
@@ -253,3 +271,7 @@ def test_a_bad_engine_set_or_a_busy_port_is_one_line_before_ray_starts(tiny_engi
         port = str(taken.getsockname()[1])
         one_error_line(*run_sdrt(capsys, "serve", "--engine", str(tiny_engines), "--port", port),
                        f"cannot listen on 127.0.0.1:{port}")
+    one_error_line(*run_sdrt(capsys, "serve", "--engine", str(tiny_engines), "--autoscale", "4:1"),
+                   "--autoscale MIN:MAX needs 1 <= MIN <= MAX, not 4:1")
+    one_error_line(*run_sdrt(capsys, "serve", "--engine", str(tiny_engines), "--max-batch-rows", "1"),
+                   "--max-batch-rows must be at least 2")

@@ -96,9 +96,19 @@ def _checked_source(args) -> dict:
     return {"model": model}
 
 
+def _check_scaling(args) -> None:
+    """What Ray Serve would refuse only once it has started, refused before."""
+    from ..serve.batcher import check_max_batch_rows
+
+    if args.autoscale is not None and not 1 <= args.autoscale[0] <= args.autoscale[1]:
+        raise UserError(f"--autoscale MIN:MAX needs 1 <= MIN <= MAX, not {args.autoscale[0]}:{args.autoscale[1]}")
+    check_max_batch_rows(args.max_batch_rows, "--max-batch-rows")
+
+
 def run(args) -> None:
     import logging
 
+    _check_scaling(args)
     source = _checked_source(args)
     _check_port(args.host, args.port)
     ray, serve = _require_serving_libraries()

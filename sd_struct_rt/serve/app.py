@@ -24,8 +24,10 @@ import time
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from ray import serve
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import InputError, UserError
 from .policy import DEFAULT_POLICY, policy_named
@@ -202,6 +204,20 @@ class Generator:
 
 
 app = FastAPI(title="sd-struct-rt", docs_url=None, redoc_url=None)
+ROUTES = "POST /v1/generate, GET /healthz, GET /metrics"
+
+
+@app.exception_handler(StarletteHTTPException)
+async def http_error(request: Request, error: StarletteHTTPException) -> Response:
+    """FastAPI's own answers (an unknown route, a wrong method) in our one-line JSON."""
+    return JSONResponse({"error": f"{error.detail}: {request.method} {request.url.path}; the routes are {ROUTES}"},
+                        status_code=error.status_code, headers=getattr(error, "headers", None))
+
+
+@app.exception_handler(RequestValidationError)
+async def validation_error(request: Request, error: RequestValidationError) -> Response:
+    return JSONResponse({"error": f"{request.method} {request.url.path} does not fit the route; the routes are "
+                                  f"{ROUTES}"}, status_code=422)
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000)
@@ -232,7 +248,7 @@ class Router:
             return answer(413, {"error": f"the body is {len(raw)} bytes; a request takes at most {MAX_BODY_BYTES}"})
         try:
             arguments = pipeline_arguments(json.loads(raw.decode("utf-8")))
-        except (ValueError, UnicodeDecodeError) as error:
+        except (ValueError, UnicodeDecodeError, RecursionError) as error:  # too deep a body is bad JSON too
             if not isinstance(error, InputError):
                 return answer(400, {"error": "the body is not valid JSON"})
             body = error_body(error)

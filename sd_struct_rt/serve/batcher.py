@@ -71,15 +71,19 @@ class Observer:
     load: Callable[[int, int, int], None] = lambda queued, running, active_rows: None
 
 
+def check_max_batch_rows(rows: int | None, name: str = "max_batch_rows") -> None:
+    """A call must take at least one prompt with guidance; ``sdrt serve`` asks before Ray starts."""
+    if rows is not None and rows < ROWS_PER_PROMPT:
+        raise InputError(f"must be at least {ROWS_PER_PROMPT} (one prompt with guidance)", parameter=name)
+
+
 class Batcher:
     def __init__(self, pipe: StructuredDiffusionPipeline, policy: str | Policy = DEFAULT_POLICY,
                  max_batch_rows: int | None = None, queue_limit: int = 32, observer: Observer | None = None):
         policy = policy if isinstance(policy, Policy) else policy_named(policy)
         profile_rows = (ROWS_PER_PROMPT * pipe.engine_set.manifest.profile.batch[1] if pipe.engine_set
                         else 8 * ROWS_PER_PROMPT)
-        if max_batch_rows is not None and max_batch_rows < ROWS_PER_PROMPT:
-            raise InputError(f"must be at least {ROWS_PER_PROMPT} (one prompt with guidance)",
-                             parameter="max_batch_rows")
+        check_max_batch_rows(max_batch_rows)
         self.pipe, self.policy, self.queue_limit = pipe, policy, queue_limit
         self.capacity = min(max_batch_rows or profile_rows, profile_rows)  # the engine profile caps it too
         self.observer = observer or Observer()
