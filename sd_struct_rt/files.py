@@ -163,14 +163,21 @@ def check_writable_folder(path: Path, what: str = "output") -> None:
         raise UserError(f"{what} {path} is a folder; give a file name")
     if not folder.is_dir():
         raise UserError(f"{what} folder {folder} does not exist; create it first or choose another path")
+    refusal = _write_refusal(folder, staged_prefix(path.name))
+    if refusal:
+        raise UserError(f"cannot write to {what} folder {folder} ({refusal}); choose a writable folder")
+
+
+def _write_refusal(folder: Path, prefix: str) -> str | None:
+    """Why nothing can be written in ``folder`` (as ``_ADVICE`` says it), or None: a probe file
+    is made under our staging ``prefix`` and removed at once."""
     try:
-        handle, probe = tempfile.mkstemp(prefix=staged_prefix(path.name) + f"{os.getpid()}-", suffix=".probe",
-                                         dir=folder)
+        handle, probe = tempfile.mkstemp(prefix=f"{prefix}{os.getpid()}-", suffix=".probe", dir=folder)
     except OSError as error:
-        raise UserError(f"cannot write to {what} folder {folder} ({_ADVICE.get(error.errno, error.strerror)}); "
-                        "choose a writable folder") from None
+        return _ADVICE.get(error.errno, error.strerror)
     os.close(handle)
     os.unlink(probe)
+    return None
 
 
 def same_path(first: Path, second: Path) -> bool:
@@ -207,13 +214,10 @@ def check_creatable_folder(folder: Path, what: str) -> None:
         existing = existing.parent
     if not existing.is_dir():
         raise UserError(f"cannot create {what} {folder}: {existing} is a file, not a folder")
-    try:
-        handle, probe = tempfile.mkstemp(prefix=f".{STAGING_MARK}{os.getpid()}-", suffix=".probe", dir=existing)
-    except OSError as error:
+    refusal = _write_refusal(existing, f".{STAGING_MARK}")
+    if refusal:
         raise UserError(f"cannot {'write to' if existing == folder else 'create'} {what} {folder} "
-                        f"({_ADVICE.get(error.errno, error.strerror)}); choose a writable folder") from None
-    os.close(handle)
-    os.unlink(probe)
+                        f"({refusal}); choose a writable folder")
 
 
 @contextlib.contextmanager
