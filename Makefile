@@ -7,7 +7,7 @@ SDRT := $(VENV)/bin/sdrt
 STAMP := $(VENV)/.sd-struct-rt-installed
 # torch first and pinned: an unpinned torch drags several GB of CUDA wheels.
 TORCH := torch==2.13.0
-EXTRAS := cpu,openvino,serve,spacy,stanza,test
+EXTRAS := cpu,openvino,serve,spacy,scene-graph,stanza,test
 # The demo draws with the shapes model, trained here, whose pictures the geometric scorer can
 # check (tests/test_demo.py does); its folder records the guidance and steps it draws best at.
 DEMO_MODEL := shapes

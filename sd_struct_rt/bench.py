@@ -177,6 +177,7 @@ def run_bench(model_ref: str, backend: str, engine: Path | None, settings: Bench
         "image_size": pipe.default_size,
         "levels": settings.levels,
         "scheduler": settings.scheduler or "the model's own",
+        "parser": parser.name,
         "machine": machine_description(),
         "unet_call": {name: timing.as_dict() for name, timing in timings.items()},
         "ratios": {name: round(value, 4) for name, value in ratios.items()},

@@ -54,7 +54,7 @@ from .sampling import DenoisingRun, Progress, initial_latents, seeded_generators
 from .schedulers import SCHEDULERS, make_scheduler, scheduler_name
 from .structure import analyse
 from .structure.parsers import PARSERS, Parser, make_parser
-from .structure.spans import StructuredPrompt, capped
+from .structure.spans import StructuredPrompt, StructureWarning, capped, quoted_list
 
 # What a call with no steps or guidance uses when the model folder records none (SD's own).
 DEFAULT_STEPS = 50
@@ -240,7 +240,7 @@ class StructuredDiffusionPipeline:
         7.5. ``mode``: ``values`` (the paper's default), ``keys`` (its conjunction mode), ``plain``
         (ordinary SD) or ``composable`` (Composable Diffusion over the phrases: one conditional
         UNet row per phrase and one for the full prompt, their guidance summed).
-        ``parser``: ``spacy``, ``stanza``, ``tree`` or a parser object; by default ``tree`` when
+        ``parser``: ``spacy``, ``stanza``, ``scene-graph``, ``tree`` or a parser object; by default ``tree`` when
         ``phrases`` or ``trees`` (bracketed, one per sentence) are given, else ``spacy``.
         ``max_levels`` caps the levels per prompt, the full prompt included; extra phrases
         are dropped with a warning. ``scheduler``: one of ``schedulers.SCHEDULERS`` (``pndm``,
@@ -444,13 +444,14 @@ class StructuredDiffusionPipeline:
         return self.family.encode_texts(self.networks.text_encoder, self.tokenizers, texts, self.facts)
 
     def condition(self, structured: list[StructuredPrompt], request: Request) -> Conditioning:
-        if MODES[request.mode].row_per_phrase:
-            alone = [str(index) for index, prompt in enumerate(structured) if not prompt.spans]
+        if MODES[request.mode].uses_structure:
+            alone = list(dict.fromkeys(prompt.prompt for prompt in structured if not prompt.spans))
             if alone:
-                which = "the prompt has" if len(structured) == 1 else f"prompt{'s' * (len(alone) > 1)} " \
-                    f"{', '.join(alone)} {'have' if len(alone) > 1 else 'has'}"
-                warnings.warn(f"mode {request.mode!r}: {which} no phrase to compose, so it is generated as plain",
-                              stacklevel=2)
+                many = len(alone) > 1
+                which = "the prompt has" if len(structured) == 1 else \
+                    f"{quoted_list(alone)} {'have' if many else 'has'}"
+                warnings.warn(f"mode {request.mode!r}: {which} no phrase, so {'they are' if many else 'it is'} "
+                              "generated as plain", StructureWarning, stacklevel=2)
         return build_conditioning(self.encode_texts, structured, list(request.negative_prompts), request.mode)
 
     def initial_latents(self, request: Request, generators: list[torch.Generator] | None = None) -> torch.Tensor:

@@ -94,7 +94,7 @@ def test_phrases_select_the_tree_parser(pipe):
     ({"seed": -1}, "seed must be between 0 and 2**63-1"),
     ({"seed": [1, 2]}, "seed has 2 entries for 1 prompts"),
     ({"mode": "conjunction"}, "mode must be one of values, keys, plain"),
-    ({"parser": "nltk"}, "parser must be one of spacy, stanza, tree"),
+    ({"parser": "nltk"}, "parser must be one of spacy, stanza, scene-graph, tree"),
     ({"parser": "spacy", "phrases": ["a cat"]}, "phrases and trees go with parser='tree'"),
     ({"negative_prompt": ["a", "b"]}, "negative_prompt has 2 entries for 1 prompts"),
     ({"max_levels": 0}, "max_levels must be between 1 and 64"),

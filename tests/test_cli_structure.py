@@ -42,7 +42,8 @@ def test_parse_json(capsys):
     result = json.loads(capsys.readouterr().out)
     assert result == {"prompt": "a red car and a white sheep",
                       "tokens": ["a</w>", "red</w>", "car</w>", "and</w>", "a</w>", "white</w>", "sheep</w>"],
-                      "phrases": [{"text": "a red car", "span": [0, 3]}, {"text": "a white sheep", "span": [4, 7]}]}
+                      "phrases": [{"text": "a red car", "span": [0, 3]}, {"text": "a white sheep", "span": [4, 7]}],
+                      "dropped": []}
 
 
 def test_parse_table_with_tree(capsys):

@@ -79,7 +79,7 @@ def test_a_prompt_without_phrases_is_plain_and_says_so_once(pipe):
         warnings.simplefilter("always")
         composed = pipe("a cat", seed=5, mode="composable", **SETTINGS)
     notes = [str(w.message) for w in caught if "composable" in str(w.message)]
-    assert notes == ["mode 'composable': the prompt has no phrase to compose, so it is generated as plain"]
+    assert notes == ["mode 'composable': the prompt has no phrase, so it is generated as plain"]
     plain = pipe("a cat", seed=5, mode="plain", **SETTINGS)
     assert np.array_equal(pixels(composed.images[0]), pixels(plain.images[0]))
     assert composed.metadata[0]["mode"] == "composable"

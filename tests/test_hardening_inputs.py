@@ -45,8 +45,9 @@ def test_odd_but_valid_prompts_run(tmp_path, capsys, prompt):
     code, stderr = run_sdrt(capsys, "generate", prompt, "--out", str(out), *FAST)
     assert code == 0 and "Traceback" not in stderr, stderr
     control = sum(character < " " for character in prompt)
+    phrases = json.loads(read_png_metadata(out)["phrases"])
     warnings = [line for line in stderr.splitlines() if "warning" in line]
-    assert len(warnings) == (1 if control else 0), stderr
+    assert len(warnings) == (1 if control else 0) + (0 if phrases else 1), stderr  # + "no phrase: plain"
     assert "\x00" not in read_png_metadata(out)["prompt"]
 
 
@@ -103,13 +104,16 @@ def test_malformed_trees_are_one_line(capsys, tree, expected):
     one_error_line(*run_sdrt(capsys, "parse", "a cat", "--tree", tree), expected)
 
 
-def test_dropped_phrases_are_one_warning_line(capsys):
+def test_dropped_phrases_are_one_warning_line(tmp_path, capsys):
     prompt = "a red car on a hill, " * 12 + "a blue bird on a green branch and a yellow dog on a mat"
     code, stdout, stderr = sdrt_output(capsys, "parse", prompt)
+    assert code == 0 and "dropped:" in stdout and "warning" not in stderr  # the table says it
+    code, _, stderr = sdrt_output(capsys, "generate", prompt, "--out", str(tmp_path / "long.png"), *FAST)
     assert code == 0
     warnings = [line for line in stderr.splitlines() if "warning" in line]
-    assert len(warnings) == 1 and "start after token 75 and are dropped" in warnings[0], stderr
-    assert "dropped:" in stdout
+    # past the 75 tokens and beyond the 8 levels: both reasons, one line
+    assert len(warnings) == 1 and "left out" in warnings[0] and "the text encoder reads" in warnings[0] \
+        and "fit in 8 levels" in warnings[0], stderr
 
 
 # --- numbers the CLI accepts must work ----------------------------------------------------------

@@ -138,6 +138,15 @@ def test_json_responses_carry_the_image_and_its_metadata(server):
     assert base64.b64decode(body["image_png_base64"]).startswith(b"\x89PNG")
 
 
+def test_the_parser_field_picks_the_parser(server):
+    response = server.post({"prompt": "a surfboard, a dog", "parser": "scene-graph", **SMALL},
+                           accept="application/json")
+    metadata = response.json()["metadata"]
+    assert response.status_code == 200 and metadata["parser"] == "scene-graph"
+    assert json.loads(metadata["phrases"]) == [{"text": "a surfboard", "span": [0, 3]},
+                                               {"text": "a dog", "span": [4, 6]}]
+
+
 @pytest.mark.parametrize("body, status, expected", [
     ({"seed": 1}, 400, "field 'prompt' is required"),
     ({"prompt": 7}, 400, "field 'prompt' must be a string"),
@@ -149,6 +158,7 @@ def test_json_responses_carry_the_image_and_its_metadata(server):
     ({"prompt": "a cat", "width": 512, "height": 64}, 400, "width 512 is outside the engine's 64..128"),
     ({"prompt": "a" * 10_000}, 400, "more than the 1000 taken"),
     ({"prompt": "a cat", "colour": "red"}, 400, "unknown field 'colour'"),
+    ({"prompt": "a cat", "parser": "nltk"}, 400, "parser must be one of spacy, stanza, scene-graph, tree"),
     ({"prompt": "a cat", "phrases": ["a dog"], **SMALL}, 400, "does not occur as whole words"),
     ("{not json", 400, "not valid JSON"),
     ("[1, 2]", 400, "must be a JSON object"),

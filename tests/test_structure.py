@@ -10,7 +10,7 @@ import pytest
 from sd_struct_rt.errors import UserError
 from sd_struct_rt.structure import analyse
 from sd_struct_rt.structure.parsers import BracketedTreeParser, SpacyParser, make_parser, phrases_of_trees
-from sd_struct_rt.structure.spans import StructureWarning
+from sd_struct_rt.structure.spans import StructureWarning, capped
 from sd_struct_rt.structure.tree import leaf_words, noun_phrase_leaf_ranges, read_bracketed
 from sd_struct_rt.text import preprocess
 
@@ -152,9 +152,33 @@ def test_over_long_prompts_clip_and_warn(tiny):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = analyse(prompt, SpacyParser(), tiny.tokenizer)
+        assert not caught  # the structure stage warns once, when it caps (below)
+        kept = capped(result, max_levels=64)
     assert result.spans and all(span.end <= 75 for span in result.spans)
     assert any(span.end == 75 for span in result.spans)  # a phrase crossing the limit is clipped
-    assert any(issubclass(w.category, StructureWarning) and "dropped" in str(w.message) for w in caught)
+    assert result.dropped and kept.dropped == result.dropped and kept.spans == result.spans
+    assert [str(w.message).split(" (")[0] for w in caught if issubclass(w.category, StructureWarning)] == \
+        [f"{len(result.dropped)} phrases are left out"]
+    clipped = next(span for span in result.spans if span.end == 75)
+    tokens = tiny.tokenizer(clipped.text, add_special_tokens=False).input_ids
+    assert len(tokens) == 75 - clipped.start  # the text a clipped level encodes ends at token 75
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert capped(kept, max_levels=64) == kept  # what was said once is not said again
+        fewer = capped(kept, max_levels=2)
+    (note,) = [str(w.message) for w in caught]
+    assert note.startswith(f"{len(kept.spans) - 1} phrases are left out (only 1 phrases fit in 2 levels): ")
+    assert fewer.dropped == kept.dropped + tuple(span.text for span in kept.spans[1:])
+
+
+def test_a_phrase_edge_inside_a_token_takes_the_whole_token(tiny):
+    from sd_struct_rt.structure.spans import Phrase, token_spans
+    from sd_struct_rt.text import tokenize_with_offsets
+
+    prompt = "access or id card"  # spaCy reads "id" as "i" "d"; CLIP as one token
+    tokenized = tokenize_with_offsets(tiny.tokenizer, prompt)
+    (span,) = token_spans(tokenized, [Phrase(0, prompt.index("id") + 1)]).spans
+    assert (span.text, span.start, span.end) == ("access or id", 0, 3)
 
 
 def test_explicit_phrases(tiny):

@@ -36,6 +36,7 @@ def add_to(commands) -> None:
     parser.add_argument("--steps", type=options.steps_option(), default=10,
                         help="denoising steps of the end-to-end runs [default: 10]")
     options.add_scheduler_option(parser)
+    options.add_parser_options(parser, with_tree=False)
     parser.add_argument("--rounds", type=options.positive_int("rounds", 1000), default=15,
                         help="interleaved rounds after warm-up [default: 15]")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -49,7 +50,6 @@ def run(args) -> None:
     from ..bench import BenchSettings, run_bench
     from ..export.build import planned_stages
     from ..files import check_writable_folder, write_bytes_atomically
-    from ..structure.parsers import SpacyParser
 
     if args.out is not None:
         check_writable_folder(args.out)
@@ -70,7 +70,7 @@ def run(args) -> None:
         return options.StageBar(args, f"engines ({mode})", planned_stages(engine_backend(backend)))
 
     settings = BenchSettings(levels=args.levels, steps=args.steps, rounds=args.rounds, scheduler=args.scheduler)
-    result = run_bench(model, backend, args.engine, settings, SpacyParser(), building)
+    result = run_bench(model, backend, args.engine, settings, options.chosen_parser(args), building)
     if args.out is not None:
         write_bytes_atomically(args.out, (json.dumps(result, indent=2) + "\n").encode(), "benchmark results")
     if args.json:

@@ -36,6 +36,7 @@ def add_to(commands) -> None:
     parser.add_argument("--width", type=options.image_side("width"), help="[default: the model's]")
     parser.add_argument("--height", type=options.image_side("height"), help="[default: the model's]")
     options.add_scheduler_option(parser)
+    options.add_structure_options(parser, with_plain=False)
     parser.add_argument("--scale", type=options.positive_int("scale", 16), default=1,
                         help="enlarge each image this many times in the grid (for small models) [default: 1]")
     parser.add_argument("--out", type=options.png_path, default=Path("compare.png"),
@@ -55,12 +56,13 @@ def run(args) -> None:
     seeds = options.seed_run(args.seed, args.seeds)
     prompt = inputs.text(args.prompt, "the prompt")
     check_writable_folder(args.out)
+    parser = options.chosen_parser(args)
     if args.engine is not None:
         pipe = StructuredDiffusionPipeline.from_engines(args.engine, model=args.model)
     else:
         pipe = StructuredDiffusionPipeline.from_pretrained(args.model or "tiny")
     common = dict(num_inference_steps=args.steps, guidance_scale=args.guidance, width=args.width,
-                  height=args.height, scheduler=args.scheduler)
+                  height=args.height, scheduler=args.scheduler, parser=parser)
     requests = [pipe.check_inputs([prompt] * len(seeds), seed=seeds, mode=mode, **common) for mode in modes]
     options.announce(f"backend {pipe.backend}", args)
     rows = []
@@ -72,5 +74,5 @@ def run(args) -> None:
             bar.close()
     sheet = contact_sheet(rows, modes, [f"seed {seed}" for seed in seeds], title=prompt, scale=args.scale)
     save_png(sheet, args.out, {"prompt": prompt, "modes": ",".join(modes), "seeds": ",".join(map(str, seeds)),
-                               "model": pipe.model_id, "backend": pipe.backend})
+                               "model": pipe.model_id, "backend": pipe.backend, "parser": parser.name})
     print(f"wrote {args.out}")

@@ -52,6 +52,7 @@ def add_to(commands) -> None:
                              "[default: shapes for the shapes models, else none]")
     options.add_drawing_options(parser)
     options.add_scheduler_option(parser)
+    options.add_parser_options(parser.add_argument_group(options.STRUCTURE_GROUP), with_tree=False)
     parser.add_argument("--batch-size", type=options.positive_int("batch-size", MAX_BATCH), default=8,
                         help="prompts per denoising loop [default: 8]")
     parser.add_argument("--out", type=Path, metavar="FILE.json", help="the results JSON")
@@ -97,20 +98,21 @@ def run(args) -> None:
     scorer_name = args.scorer or ("shapes" if model in SHAPES_MODELS or args.prompts else "none")
     scorer = None if scorer_name == "none" else load_scorer(scorer_name)
     prompts = _prompts(args)
+    parser = options.chosen_parser(args)
     pipe = (StructuredDiffusionPipeline.from_engines(args.engine, model=args.model) if args.engine is not None
             else StructuredDiffusionPipeline.from_pretrained(model))
     bar = options.ProgressBar(args, "eval", unit="image")
     try:
         trials, images = evaluate(pipe, prompts, seeds, modes, scorer, args.batch_size, keep_images=bool(args.sheet),
                                   on_batch=bar, num_inference_steps=args.steps, guidance_scale=args.guidance,
-                                  scheduler=args.scheduler)
+                                  scheduler=args.scheduler, parser=parser)
     finally:
         bar.close()
     drawn = pipe.drawing_defaults
     context = {"model": pipe.model_id, "backend": pipe.backend, "prompts": len(prompts), "seeds": seeds,
                "steps": args.steps or drawn["num_inference_steps"],
                "guidance": drawn["guidance_scale"] if args.guidance is None else args.guidance,
-               "scheduler": args.scheduler or "the model's own"}
+               "scheduler": args.scheduler or "the model's own", "parser": parser.name}
     result = report(trials, modes, scorer, context)
     results_json = (json.dumps(result, indent=1, default=_plain) + "\n").encode()
     sheet_png = None

@@ -151,11 +151,13 @@ def embedded_drawing_defaults() -> dict[str, dict]:
     return {name: read_drawing_defaults(Path(str(embedded_config_root(name)))) for name in EMBEDDED_MODELS}
 
 
+STRUCTURE_GROUP = "structure (which noun phrases become levels)"
+
+
 def add_structure_options(parser: argparse.ArgumentParser, with_plain: bool) -> None:
     from ..modes import DEFAULT_MAX_LEVELS, MAX_LEVELS, MODES
-    from ..structure.parsers import DEFAULT_SPACY_MODEL, PARSERS
 
-    group = parser.add_argument_group("structure (which noun phrases become levels)")
+    group = parser.add_argument_group(STRUCTURE_GROUP)
     if with_plain:
         group.add_argument("--mode", choices=MODES, default="values",
                            help="values: full-prompt keys, phrase levels averaged as values (the paper's "
@@ -165,27 +167,40 @@ def add_structure_options(parser: argparse.ArgumentParser, with_plain: bool) -> 
         group.add_argument("--max-levels", type=positive_int("max-levels", MAX_LEVELS), default=DEFAULT_MAX_LEVELS,
                            help="levels per prompt including the full prompt; extra phrases are dropped "
                                 f"with a warning [default: {DEFAULT_MAX_LEVELS}]")
-    group.add_argument("--parser", choices=PARSERS,
-                       help="spacy: offline default; stanza: the paper's parser (needs its English "
-                            "models); tree: your --tree/--phrase [default: tree if --tree or --phrase "
-                            "is given, else spacy]")
-    group.add_argument("--tree", action="append", default=[], metavar="BRACKETED",
-                       help="a Penn-style tree of one sentence, e.g. '(ROOT (NP (DT a) (NN cat)))'; "
-                            "repeat for each sentence")
-    group.add_argument("--phrase", action="append", default=[], metavar="TEXT",
-                       help="a phrase of the prompt to use as a level; repeatable")
+    add_parser_options(group, with_tree=True)
+
+
+def add_parser_options(group, with_tree: bool) -> None:
+    """``--parser`` and ``--spacy-model``; ``with_tree`` adds the tree parser's ``--tree`` and ``--phrase``,
+    which only make sense for one prompt."""
+    from ..structure.parsers import DEFAULT_SPACY_MODEL, NAMED_PARSERS, PARSERS
+
+    group.add_argument("--parser", choices=PARSERS if with_tree else NAMED_PARSERS,
+                       help="spacy: constituency-style trees, offline (the default); stanza: the paper's "
+                            "constituency parser (needs its English models); scene-graph: the paper's second "
+                            "variant, entities and one phrase per relation (subject to object)"
+                            + ("; tree: your --tree/--phrase [default: tree if --tree or --phrase is given, "
+                               "else spacy]" if with_tree else " [default: spacy]"))
+    if with_tree:
+        group.add_argument("--tree", action="append", default=[], metavar="BRACKETED",
+                           help="a Penn-style tree of one sentence, e.g. '(ROOT (NP (DT a) (NN cat)))'; "
+                                "repeat for each sentence")
+        group.add_argument("--phrase", action="append", default=[], metavar="TEXT",
+                           help="a phrase of the prompt to use as a level; repeatable")
     group.add_argument("--spacy-model", default=DEFAULT_SPACY_MODEL,
-                       help=f"installed spaCy pipeline for --parser spacy [default: {DEFAULT_SPACY_MODEL}]")
+                       help="installed spaCy pipeline for --parser spacy and --parser scene-graph "
+                            f"[default: {DEFAULT_SPACY_MODEL}]")
 
 
 def chosen_parser(args):
     """The parser the structure flags ask for, refusing flags that do not go together."""
     from ..structure.parsers import make_parser
 
-    name = args.parser or ("tree" if args.tree or args.phrase else "spacy")
-    if name != "tree" and (args.tree or args.phrase):
+    trees, phrases = getattr(args, "tree", []), getattr(args, "phrase", [])
+    name = args.parser or ("tree" if trees or phrases else "spacy")
+    if name != "tree" and (trees or phrases):
         raise UserError(f"--tree and --phrase go with --parser tree, not --parser {name}")
-    return make_parser(name, args.tree, args.phrase, args.spacy_model)
+    return make_parser(name, trees, phrases, args.spacy_model)
 
 
 def add_scheduler_option(parser: argparse.ArgumentParser) -> None:

@@ -15,9 +15,11 @@ EXAMPLE = """examples:
   sdrt parse --prompts-file prompts.txt --json        # one JSON object per line, one process
   sdrt parse "a cat on a mat" --tree "(ROOT (NP (NP (DT a) (NN cat)) (PP (IN on) (NP (DT a) (NN mat)))))"
   sdrt parse "a red car and a white sheep" --phrase "a white sheep"
+  sdrt parse "a dog on a surfboard next to a tree" --parser scene-graph --json   # with the graph
 
 Spans count BPE tokens of the preprocessed prompt from 0, start inclusive, end exclusive,
-without the start-of-text token (docs/SPEC.md section 2)."""
+without the start-of-text token (docs/SPEC.md section 2). With --parser scene-graph the
+output also shows the graph: entities with their modifiers, and relations between them."""
 
 
 def add_to(commands) -> None:
@@ -43,7 +45,10 @@ def _analysis(prompt: str, parser, tokenizer) -> tuple[dict, tuple[str, ...]]:
     structured = analyse(prompt, parser, tokenizer)
     analysis = {"prompt": structured.prompt,
                 "tokens": list(tokenize_with_offsets(tokenizer, structured.prompt).tokens),
-                "phrases": [{"text": span.text, "span": [span.start, span.end]} for span in structured.spans]}
+                "phrases": [{"text": span.text, "span": [span.start, span.end]} for span in structured.spans],
+                "dropped": list(structured.dropped)}
+    if callable(getattr(parser, "graph", None)):
+        analysis["graph"] = parser.graph(structured.prompt).as_json()
     return analysis, structured.dropped
 
 
@@ -52,6 +57,13 @@ def _print_table(analysis: dict, dropped: tuple[str, ...], parser) -> None:
 
     print(f"prompt: {analysis['prompt']}")
     print(f"tokens: {' '.join(f'{i}:{token}' for i, token in enumerate(analysis['tokens']))}")
+    graph = analysis.get("graph")
+    for entity in graph["entities"] if graph else ():
+        modifiers = ", ".join(modifier["text"] for modifier in entity["modifiers"])
+        print(f"entity: {entity['text']}" + (f"  ({modifiers})" if modifiers else ""))
+    for relation in graph["relations"] if graph else ():
+        subject, object_ = (graph["entities"][relation[end]]["text"] for end in ("subject", "object"))
+        print(f"relation: {subject} -[{relation['relation']}]-> {object_}")
     for level, phrase in enumerate(analysis["phrases"], start=1):
         print(f"level {level}: [{phrase['span'][0]:>2}, {phrase['span'][1]:>2})  {phrase['text']}")
     if dropped:

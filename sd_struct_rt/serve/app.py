@@ -44,6 +44,7 @@ FIELDS: dict[str, tuple[str, tuple[type, ...]]] = {
     "width": ("width", (int,)),
     "height": ("height", (int,)),
     "mode": ("mode", (str,)),
+    "parser": ("parser", (str,)),
     "phrases": ("phrases", (list,)),
     "scheduler": ("scheduler", (str,)),
 }

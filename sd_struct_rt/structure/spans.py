@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..errors import InputError
 from ..text import TokenizedPrompt
@@ -19,6 +19,14 @@ class Phrase:
 
     start_char: int
     end_char: int
+
+
+@dataclass(frozen=True)
+class AttributePair:
+    """An object noun and the attributes bound to it, as characters of the prompt (SPEC 2.8)."""
+
+    object: Phrase
+    attributes: tuple[Phrase, ...]
 
 
 @dataclass(frozen=True)
@@ -41,6 +49,18 @@ class StructuredPrompt:
     prompt: str
     spans: tuple[PhraseSpan, ...]
     dropped: tuple[str, ...] = ()
+    pairs: tuple["TokenPair", ...] = ()  # attribute-object pairs, for a binding method (SPEC 2.8)
+    # True once ``capped`` has said what ``dropped`` holds: capping it again says only what is new.
+    reported: bool = field(default=False, compare=False)
+
+
+@dataclass(frozen=True)
+class TokenPair:
+    """An attribute-object pair as token spans of the prompt: the object, then its attributes."""
+
+    object: PhraseSpan
+    attributes: tuple[PhraseSpan, ...]
+    characters: AttributePair  # the same pair as characters of the prompt
 
 
 def quoted_list(texts: list[str] | tuple[str, ...], limit: int = 3) -> str:
@@ -49,14 +69,19 @@ def quoted_list(texts: list[str] | tuple[str, ...], limit: int = 3) -> str:
 
 
 def capped(prompt: StructuredPrompt, max_levels: int) -> StructuredPrompt:
-    """At most ``max_levels - 1`` phrases (the full prompt is always a level); one warning for the rest."""
+    """At most ``max_levels - 1`` phrases (the full prompt is always a level). One warning names every
+    phrase that is not a level: the rest, and those ``token_spans`` found past the encoder's tokens."""
     room = max_levels - 1
-    if len(prompt.spans) <= room:
-        return prompt
     extra = tuple(span.text for span in prompt.spans[room:])
-    warnings.warn(f"only {room} phrases fit in {max_levels} levels; dropped {quoted_list(extra)}",
-                  StructureWarning, stacklevel=2)
-    return StructuredPrompt(prompt.prompt, prompt.spans[:room], prompt.dropped + extra)
+    past = () if prompt.reported else prompt.dropped
+    if past or extra:
+        reasons = (["some start after the tokens the text encoder reads"] if past else []) + \
+                  ([f"only {room} phrases fit in {max_levels} levels"] if extra else [])
+        left_out = past + extra
+        many = len(left_out) > 1
+        warnings.warn(f"{len(left_out)} phrase{'s' * many} {'are' if many else 'is'} left out ({'; '.join(reasons)}): "
+                      f"{quoted_list(left_out)}", StructureWarning, stacklevel=2)
+    return StructuredPrompt(prompt.prompt, prompt.spans[:room], prompt.dropped + extra, prompt.pairs, reported=True)
 
 
 def _token_range(tokenized: TokenizedPrompt, phrase: Phrase) -> tuple[int, int]:
@@ -70,20 +95,32 @@ def _token_range(tokenized: TokenizedPrompt, phrase: Phrase) -> tuple[int, int]:
 
 def token_spans(tokenized: TokenizedPrompt, phrases: list[Phrase]) -> StructuredPrompt:
     """Token spans of ``phrases`` in their order, without whole-prompt spans, clipped to the tokens
-    the text encoder reads (75 for CLIP); one warning names every phrase that starts beyond them."""
+    the text encoder reads; a phrase that starts beyond them is ``dropped`` (``capped`` says so)."""
     whole, capacity = (0, len(tokenized.tokens)), tokenized.capacity
     spans, dropped = [], []
     for phrase in phrases:
-        text = tokenized.prompt[phrase.start_char:phrase.end_char]
         start, end = _token_range(tokenized, phrase)
+        # A parser may split inside a BPE token (spaCy reads "id" as "i" "d"); the level is whole
+        # tokens, so its text, which is encoded alone, is theirs too: up to the last token read.
+        first = min(phrase.start_char, tokenized.offsets[start][0])
+        last = max(phrase.end_char, tokenized.offsets[end - 1][1])
         if (start, end) == whole:
             continue
         if start >= capacity:
-            dropped.append(text)
+            dropped.append(tokenized.prompt[first:last])
+        elif end > capacity:
+            spans.append(PhraseSpan(tokenized.prompt[first:tokenized.offsets[capacity - 1][1]], start, capacity))
         else:
-            spans.append(PhraseSpan(text, start, min(end, capacity)))
-    if dropped:
-        warnings.warn(f"{len(dropped)} phrase{'s' if len(dropped) > 1 else ''} start after token {capacity} and "
-                      f"{'are' if len(dropped) > 1 else 'is'} dropped (CLIP reads only the first {capacity} tokens): "
-                      f"{quoted_list(dropped)}", StructureWarning, stacklevel=2)
+            spans.append(PhraseSpan(tokenized.prompt[first:last], start, end))
     return StructuredPrompt(tokenized.prompt, tuple(spans), tuple(dropped))
+
+
+def token_pairs(tokenized: TokenizedPrompt, pairs: list[AttributePair]) -> tuple[TokenPair, ...]:
+    """Pairs whose object and attributes all lie within the tokens the text encoder reads."""
+    def span(phrase: Phrase) -> PhraseSpan:
+        start, end = _token_range(tokenized, phrase)
+        return PhraseSpan(tokenized.prompt[phrase.start_char:phrase.end_char], start, end)
+
+    found = [TokenPair(span(pair.object), tuple(map(span, pair.attributes)), pair) for pair in pairs]
+    return tuple(pair for pair in found
+                 if max(part.end for part in (pair.object, *pair.attributes)) <= tokenized.capacity)
