@@ -14,6 +14,7 @@ from typing import Callable
 
 import torch
 
+from .binding import BindingMethod, EncodedTexts
 from .modes import KEYS, MODES
 from .structure.spans import PhraseSpan, StructuredPrompt
 
@@ -62,32 +63,46 @@ def merged(full: torch.Tensor, phrases: list[torch.Tensor], spans: tuple[PhraseS
 
 
 def build_conditioning(encoder: TextEncoder, prompts: list[StructuredPrompt], negative_prompts: list[str],
-                       mode: str) -> Conditioning:
+                       mode: str, binding: BindingMethod | None = None,
+                       count_tokens: Callable[[str], int] | None = None) -> Conditioning:
     """Encode every string of the batch in one text-encoder call and stack the levels.
 
     Every span of every prompt becomes a level (the structure stage caps them, ``capped``).
     Pooled embeddings, where the family has them, come from the whole prompt only, except in
-    ``composable`` mode, where each component is a prompt of its own.
+    ``composable`` mode, where each component is a prompt of its own. A ``binding`` method edits
+    every full-prompt sequence (SPEC 3.7); ``count_tokens`` then tells it where texts end.
     """
     chosen = MODES[mode]
     spans = [p.spans if chosen.uses_structure else () for p in prompts]
     texts = list(negative_prompts) + [p.prompt for p in prompts]
     texts += [span.text for row in spans for span in row]
-    embeddings, pooled = encoder(texts)
+    extra = list(dict.fromkeys(text for p in prompts for text in binding.texts(p))) if binding else []
+    embeddings, pooled = encoder(texts + extra)
     count = len(prompts)
+    if binding is not None:
+        encoded = EncodedTexts(dict(zip(extra, embeddings[len(texts):])),
+                               {text: count_tokens(text) for text in extra + [p.prompt for p in prompts]},
+                               embeddings.shape[1])
+        embeddings, pooled = embeddings[:len(texts)], None if pooled is None else pooled[:len(texts)]
+
+    def bound(states: torch.Tensor, prompt: StructuredPrompt) -> torch.Tensor:
+        return states if binding is None else binding.apply(states, prompt, encoded)
     unconditional, full = embeddings[:count], embeddings[count:2 * count]
     phrase_embeddings, cursor = [], 2 * count
     for row in spans:
         phrase_embeddings.append(list(embeddings[cursor:cursor + len(row)]))
         cursor += len(row)
     if chosen.row_per_phrase:
-        return _composable(embeddings, pooled, count, [len(row) for row in spans])
+        components = torch.cat([unconditional, torch.stack([bound(e0, p) for e0, p in zip(full, prompts)]),
+                                embeddings[2 * count:]])
+        return _composable(components, pooled, count, [len(row) for row in spans])
 
     # encoder_hidden_states is the key context in values mode and the value context in keys mode.
     contexts, level_rows = list(unconditional), [[u] for u in unconditional]
-    for e0, row, phrases in zip(full, spans, phrase_embeddings):
-        contexts.append(merged(e0, phrases, row) if chosen.role is KEYS else e0)
-        level_rows.append([e0] + [aligned(e0, n, span) for n, span in zip(phrases, row)])
+    for e0, row, phrases, prompt in zip(full, spans, phrase_embeddings, prompts):
+        contexts.append(bound(merged(e0, phrases, row) if chosen.role is KEYS else e0, prompt))
+        level_rows.append([bound(e0, prompt)] + [bound(aligned(e0, n, span), prompt)
+                                                 for n, span in zip(phrases, row)])
     levels = max(len(row) for row in level_rows)
     # Stay on the text encoder's device: the UNet reads these at every step.
     stacked = embeddings.new_zeros(len(level_rows), levels, *embeddings.shape[1:])

@@ -19,6 +19,7 @@ from typing import Any, Callable, Protocol, Sequence
 from PIL import Image
 
 from .errors import InputError, UserError
+from .modes import setting_parts
 
 BUILT_IN_SCORERS = {"shapes": "sd_struct_rt.shapes.scorer:ShapesScorer"}
 Z_95 = 1.959963984540054
@@ -179,7 +180,8 @@ def evaluate(pipe, prompts: Sequence[str], seeds: Sequence[int], modes: Sequence
             raise UserError(f"scorer {scorer_label(scorer)}: "
                             f"{user_failure(error, f'check() failed on the prompt {prompt!r}')}") from None
     requests = {(mode, index): pipe.check_inputs([prompt for prompt, _ in batch], seed=[seed for _, seed in batch],
-                                                  mode=mode, **arguments)
+                                                  mode=setting_parts(mode)[0], binding=setting_parts(mode)[1],
+                                                  **arguments)
                 for mode in modes for index, batch in enumerate(batches)}  # every input checked before the first image
     trials, images = [], {}
     total, done = len(jobs) * len(modes), 0

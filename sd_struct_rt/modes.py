@@ -46,6 +46,13 @@ MODES: dict[str, Mode] = {mode.name: mode for mode in (
 )}
 
 
+def setting_parts(setting: str) -> tuple[str, str | None]:
+    """``values+magnet`` -> (``values``, ``magnet``); ``values`` -> (``values``, None): how ``eval`` and
+    ``compare`` name a mode run with a binding method."""
+    mode, _, binding = setting.partition("+")
+    return mode, binding or None
+
+
 def mode_named(name: object, parameter: str = "mode") -> Mode:
     if not isinstance(name, str) or name not in MODES:
         raise InputError(f"must be one of {', '.join(MODES)}, not {name!r}", parameter=parameter)

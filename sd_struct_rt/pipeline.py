@@ -43,6 +43,7 @@ from . import __version__, inputs
 from .attention import AttentionRecorder
 from .attention_maps import named_maps
 from .backends import AttentionRecording, Networks, OpenOptions
+from .binding import BINDINGS, BindingMethod
 from .conditioning import Conditioning, build_conditioning
 from .contract import ModelFacts
 from .errors import InputError, UserError
@@ -95,7 +96,7 @@ class Request:
     width: int
     height: int
     mode: str
-    parser: Parser | None  # None: plain, no structure
+    parser: Parser | None  # None: plain, no structure and no binding
     max_levels: int
     scheduler: str  # a name of schedulers.SCHEDULERS, or the class name of the folder's own
     role: str  # the UNet role that serves ``mode`` on this pipeline
@@ -103,6 +104,7 @@ class Request:
     sampler: Any = field(compare=False, repr=False)
     # With attention maps: the cross-attention layers they average, by downsampling; None: no maps.
     attention_maps: tuple[int, ...] | None = None
+    binding: BindingMethod | None = None  # a text-side binding method (SPEC 3.7)
 
 
 @dataclass
@@ -228,7 +230,7 @@ class StructuredDiffusionPipeline:
                  mode: str = "values", parser: str | Parser | None = None, phrases: Sequence[str] | None = None,
                  trees: Sequence[str] | None = None, max_levels: int = DEFAULT_MAX_LEVELS,
                  scheduler: str | None = None, attention_maps: bool = False,
-                 attention_downsampling: Sequence[int] | None = None,
+                 attention_downsampling: Sequence[int] | None = None, binding: str | None = None,
                  progress: Progress | None = None) -> PipelineOutput:
         """Generate one image per prompt; a list of prompts is one batch, one denoising loop.
 
@@ -249,13 +251,16 @@ class StructuredDiffusionPipeline:
         per image, where each token and phrase looked (``PipelineOutput.attention``), averaged over
         every cross-attention layer, or with ``attention_downsampling`` only over the layers whose
         grid is the latent grid shrunk by one of those factors (``cross_attention_downsampling``).
+        ``binding``: a text-side binding method (``magnet`` or ``tome``, ``binding.BINDINGS``) that
+        edits the full prompt's text states around the parse's attribute-object pairs; it combines
+        with every mode and adds no UNet rows.
         ``progress(done, total)`` is called after each denoising step the caller asked for.
         """
         request = self.check_inputs(prompt, seed=seed, num_inference_steps=num_inference_steps,
                                     guidance_scale=guidance_scale, negative_prompt=negative_prompt, width=width,
                                     height=height, mode=mode, parser=parser, phrases=phrases, trees=trees,
                                     max_levels=max_levels, scheduler=scheduler, attention_maps=attention_maps,
-                                    attention_downsampling=attention_downsampling)
+                                    attention_downsampling=attention_downsampling, binding=binding)
         return self.generate(self.prepare(request, progress))
 
     def check_attention_downsampling(self, mode: str, downsampling: Sequence[int] | None,
@@ -294,9 +299,13 @@ class StructuredDiffusionPipeline:
                      height: int | None = None, mode: str = "values", parser: str | Parser | None = None,
                      phrases: Sequence[str] | None = None, trees: Sequence[str] | None = None,
                      max_levels: int = DEFAULT_MAX_LEVELS, scheduler: str | None = None,
-                     attention_maps: bool = False, attention_downsampling: Sequence[int] | None = None) -> Request:
+                     attention_maps: bool = False, attention_downsampling: Sequence[int] | None = None,
+                     binding: str | None = None) -> Request:
         """Check every input (cheap: no parsing, no network) and fill in the defaults."""
         inputs.name_or_none(scheduler, "scheduler", f"one of {', '.join(SCHEDULERS)}")
+        inputs.name_or_none(binding, "binding", f"one of {', '.join(BINDINGS)}")
+        if binding is not None and binding not in BINDINGS:
+            raise InputError(f"must be one of {', '.join(BINDINGS)} or None, not {binding!r}", parameter="binding")
         if parser is not None and not isinstance(parser, str) and not callable(getattr(parser, "phrases", None)):
             raise InputError(f"must be one of {', '.join(PARSERS)}, a parser object (with phrases(prompt)) "
                              f"or None, not {inputs.shown(parser)}", parameter="parser")
@@ -335,7 +344,8 @@ class StructuredDiffusionPipeline:
                           steps=self._steps(num_inference_steps, sampler), scheduler=scheduler_name(sampler),
                           guidance_scale=inputs.guidance(guidance_scale),
                           width=width, height=height, mode=mode,
-                          parser=self._parser(parser, phrases, trees) if chosen.uses_structure else None,
+                          parser=self._parser(parser, phrases, trees) if chosen.uses_structure or binding else None,
+                          binding=None if binding is None else BINDINGS[binding],
                           max_levels=min(inputs.whole_number(max_levels, "max_levels", 1, MAX_LEVELS),
                                          self.max_levels), role=role, sampler=sampler)
         self.check_engine_profile(request)
@@ -436,9 +446,14 @@ class StructuredDiffusionPipeline:
 
     def structure(self, request: Request) -> list[StructuredPrompt]:
         """Each prompt's levels, at most ``max_levels`` of them (one warning per prompt for the rest)."""
-        return [capped(prompt if isinstance(prompt, StructuredPrompt)
-                       else analyse(prompt, request.parser, self.tokenizer), request.max_levels)
-                for prompt in request.prompts]
+        return [capped(prompt if isinstance(prompt, StructuredPrompt) else self._analysed(prompt, request),
+                       request.max_levels) for prompt in request.prompts]
+
+    def _analysed(self, prompt: str, request: Request) -> StructuredPrompt:
+        structured = analyse(prompt, request.parser, self.tokenizer, pairs=request.binding is not None)
+        if MODES[request.mode].uses_structure:
+            return structured
+        return StructuredPrompt(structured.prompt, (), (), structured.pairs)  # plain: the binding's pairs only
 
     def encode_texts(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
         return self.family.encode_texts(self.networks.text_encoder, self.tokenizers, texts, self.facts)
@@ -452,7 +467,18 @@ class StructuredDiffusionPipeline:
                     f"{quoted_list(alone)} {'have' if many else 'has'}"
                 warnings.warn(f"mode {request.mode!r}: {which} no phrase, so {'they are' if many else 'it is'} "
                               "generated as plain", StructureWarning, stacklevel=2)
-        return build_conditioning(self.encode_texts, structured, list(request.negative_prompts), request.mode)
+        if request.binding is not None:
+            unpaired = list(dict.fromkeys(prompt.prompt for prompt in structured if not prompt.pairs))
+            if unpaired:
+                which = "the prompt has" if len(structured) == 1 else \
+                    f"{quoted_list(unpaired)} {'have' if len(unpaired) > 1 else 'has'}"
+                warnings.warn(f"binding {request.binding.name!r}: {which} no attribute-object pair, so the binding "
+                              "leaves it unchanged", StructureWarning, stacklevel=2)
+        return build_conditioning(self.encode_texts, structured, list(request.negative_prompts), request.mode,
+                                  request.binding, self._token_count)
+
+    def _token_count(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False).input_ids)
 
     def initial_latents(self, request: Request, generators: list[torch.Generator] | None = None) -> torch.Tensor:
         generators = generators or seeded_generators(list(request.seeds))
@@ -552,6 +578,7 @@ class StructuredDiffusionPipeline:
             "backend": self.backend,
             "mode": request.mode,
             "parser": request.parser.name if request.parser else "none",
+            "binding": request.binding.name if request.binding else "none",
             "phrases": json.dumps([{"text": s.text, "span": [s.start, s.end]} for s in prompt.spans]),
             "dropped_phrases": json.dumps(list(prompt.dropped)),
             "max_levels": str(request.max_levels),

@@ -43,7 +43,11 @@ def test_parse_json(capsys):
     assert result == {"prompt": "a red car and a white sheep",
                       "tokens": ["a</w>", "red</w>", "car</w>", "and</w>", "a</w>", "white</w>", "sheep</w>"],
                       "phrases": [{"text": "a red car", "span": [0, 3]}, {"text": "a white sheep", "span": [4, 7]}],
-                      "dropped": []}
+                      "dropped": [],
+                      "pairs": [{"object": {"text": "car", "span": [2, 3]}, "attributes": [{"text": "red",
+                                                                                           "span": [1, 2]}]},
+                                {"object": {"text": "sheep", "span": [6, 7]},
+                                 "attributes": [{"text": "white", "span": [5, 6]}]}]}
 
 
 def test_parse_table_with_tree(capsys):

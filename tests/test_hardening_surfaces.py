@@ -244,7 +244,7 @@ API_FAST = dict(num_inference_steps=2, width=64, height=64)
 @pytest.mark.parametrize("arguments, expected", [
     (dict(scheduler=["pndm"]), "scheduler must be one of pndm"),
     (dict(scheduler=3), "scheduler must be one of pndm"),
-    (dict(parser=5), "parser must be one of spacy, stanza, tree, a parser object"),
+    (dict(parser=5), "parser must be one of spacy, stanza, scene-graph, tree, a parser object"),
     (dict(parser=object()), "parser must be one of"),
     (dict(mode=["values"]), "mode must be one of values"),
     (dict(mode=None), "mode must be one of values"),

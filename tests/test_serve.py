@@ -147,6 +147,26 @@ def test_the_parser_field_picks_the_parser(server):
                                                {"text": "a dog", "span": [4, 6]}]
 
 
+def test_a_parser_the_service_lacks_is_a_503_not_the_clients_fault(server):
+    from pathlib import Path
+
+    models = Path(os.environ.get("STANZA_RESOURCES_DIR", Path.home() / "stanza_resources"))
+    if (models / "en").is_dir():
+        pytest.skip("Stanza's English models are installed here")
+    response = server.post({"prompt": "a red car", "parser": "stanza", **SMALL})
+    assert response.status_code == 503 and "Stanza's English models are not installed" in response.json()["error"]
+    assert server.healthy()
+
+
+def test_the_binding_field_binds_as_the_pipeline_does(server, engine_pipe):
+    response = server.post({"prompt": "a red car and a white sheep", "binding": "magnet", "seed": 4, **SMALL},
+                           accept="application/json")
+    assert response.status_code == 200 and response.json()["metadata"]["binding"] == "magnet"
+    expected = engine_pipe("a red car and a white sheep", binding="magnet", seed=4, num_inference_steps=6,
+                           width=64, height=64)
+    assert response.json()["metadata"] == expected.metadata[0]
+
+
 @pytest.mark.parametrize("body, status, expected", [
     ({"seed": 1}, 400, "field 'prompt' is required"),
     ({"prompt": 7}, 400, "field 'prompt' must be a string"),
@@ -159,6 +179,7 @@ def test_the_parser_field_picks_the_parser(server):
     ({"prompt": "a" * 10_000}, 400, "more than the 1000 taken"),
     ({"prompt": "a cat", "colour": "red"}, 400, "unknown field 'colour'"),
     ({"prompt": "a cat", "parser": "nltk"}, 400, "parser must be one of spacy, stanza, scene-graph, tree"),
+    ({"prompt": "a cat", "binding": "syngen"}, 400, "binding must be one of magnet, tome"),
     ({"prompt": "a cat", "phrases": ["a dog"], **SMALL}, 400, "does not occur as whole words"),
     ("{not json", 400, "not valid JSON"),
     ("[1, 2]", 400, "must be a JSON object"),

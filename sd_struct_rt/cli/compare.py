@@ -26,7 +26,8 @@ def add_to(commands) -> None:
         epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("prompt", help="what to draw")
     parser.add_argument("--modes", default=DEFAULT_MODES,
-                        help=f"comma-separated modes of {', '.join(MODES)}, one row each [default: {DEFAULT_MODES}]")
+                        help=f"comma-separated modes of {', '.join(MODES)}, one row each; mode+magnet or "
+                             f"mode+tome adds a binding method [default: {DEFAULT_MODES}]")
     parser.add_argument("--seeds", type=options.positive_int("seeds", 64), default=4,
                         help="columns: seeds SEED, SEED+1, ... [default: 4]")
     parser.add_argument("--seed", type=options.seed, default=0, help="first seed [default: 0]")
@@ -47,6 +48,7 @@ def add_to(commands) -> None:
 
 def run(args) -> None:
     from .. import inputs
+    from ..modes import setting_parts
     from ..files import check_writable_folder
     from ..grids import contact_sheet
     from ..image import save_png
@@ -63,7 +65,8 @@ def run(args) -> None:
         pipe = StructuredDiffusionPipeline.from_pretrained(args.model or "tiny")
     common = dict(num_inference_steps=args.steps, guidance_scale=args.guidance, width=args.width,
                   height=args.height, scheduler=args.scheduler, parser=parser)
-    requests = [pipe.check_inputs([prompt] * len(seeds), seed=seeds, mode=mode, **common) for mode in modes]
+    requests = [pipe.check_inputs([prompt] * len(seeds), seed=seeds, mode=setting_parts(mode)[0],
+                                  binding=setting_parts(mode)[1], **common) for mode in modes]
     options.announce(f"backend {pipe.backend}", args)
     rows = []
     for mode, request in zip(modes, requests):

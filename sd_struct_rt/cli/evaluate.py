@@ -43,7 +43,8 @@ def add_to(commands) -> None:
                         help="seeds per prompt: SEED, SEED+1, ... [default: 4]")
     parser.add_argument("--seed", type=options.seed, default=0, help="first seed [default: 0]")
     parser.add_argument("--modes", default=DEFAULT_MODES,
-                        help=f"comma-separated modes; the first is the baseline of the paired tests "
+                        help="comma-separated modes, each optionally +magnet or +tome (a binding method: "
+                             "values+magnet); the first is the baseline of the paired tests "
                              f"[default: {DEFAULT_MODES}]")
     parser.add_argument("--model", help="model folder, hub id or embedded name [default: shapes]")
     parser.add_argument("--engine", type=Path, metavar="DIR", help="run on this engine set instead")

@@ -165,7 +165,7 @@ def run(args) -> None:
         if args.out_dir is None:  # maps beside the images of --out-dir are fine, not in place of --out
             refuse_shared_outputs({"--out": args.out, "--attention-maps": args.attention_maps})
         check_creatable_folder(args.attention_maps, "--attention-maps")
-    parser = options.chosen_parser(args) if MODES[args.mode].uses_structure else None
+    parser = options.chosen_parser(args) if MODES[args.mode].uses_structure or args.binding else None
     created = None
     if args.out_dir is not None and not args.out_dir.exists():
         with reporting("create --out-dir", args.out_dir):
@@ -190,7 +190,7 @@ def _generate(args, targets: list[tuple[str, int, Path]], parser) -> None:
     common = dict(num_inference_steps=args.steps, guidance_scale=args.guidance, negative_prompt=args.negative_prompt,
                   width=args.width, height=args.height, mode=args.mode, parser=parser, max_levels=args.max_levels,
                   scheduler=args.scheduler, attention_maps=args.attention_maps is not None,
-                  attention_downsampling=args.attention_downsampling)
+                  attention_downsampling=args.attention_downsampling, binding=args.binding)
     prompts, seeds, outs = (list(column) for column in zip(*targets))
     batches = [slice(start, start + args.batch_size) for start in range(0, len(targets), args.batch_size)]
     # Every batch (the last may be smaller) is checked before the first image is made.

@@ -106,13 +106,17 @@ def int_range(name: str):
 
 
 def modes_list(text: str, flag: str = "--modes") -> list[str]:
-    """The modes of a comma-separated flag: known ones, each once (a mode twice would draw the same row twice)."""
-    from ..modes import MODES
+    """The settings of a comma-separated flag: known modes, each optionally ``+`` a binding method
+    (``values+magnet``), each once (a setting twice would draw the same row twice)."""
+    from ..binding import BINDINGS
+    from ..modes import MODES, setting_parts
 
     modes = [mode.strip() for mode in text.split(",") if mode.strip()]
-    unknown = [mode for mode in modes if mode not in MODES]
+    unknown = [mode for mode in modes
+               if setting_parts(mode)[0] not in MODES or setting_parts(mode)[1] not in (None, *BINDINGS)]
     if not modes or unknown:
-        raise UserError(f"{flag} takes {', '.join(MODES)}, comma-separated, not {text!r}")
+        raise UserError(f"{flag} takes {', '.join(MODES)}, each optionally +{' or +'.join(BINDINGS)} (a binding "
+                        f"method), comma-separated, not {text!r}")
     if len(set(modes)) != len(modes):
         raise UserError(f"{flag} takes distinct modes separated by commas, such as plain,values,keys; not {text!r}")
     return modes
@@ -155,6 +159,7 @@ STRUCTURE_GROUP = "structure (which noun phrases become levels)"
 
 
 def add_structure_options(parser: argparse.ArgumentParser, with_plain: bool) -> None:
+    from ..binding import BINDINGS
     from ..modes import DEFAULT_MAX_LEVELS, MAX_LEVELS, MODES
 
     group = parser.add_argument_group(STRUCTURE_GROUP)
@@ -167,6 +172,10 @@ def add_structure_options(parser: argparse.ArgumentParser, with_plain: bool) -> 
         group.add_argument("--max-levels", type=positive_int("max-levels", MAX_LEVELS), default=DEFAULT_MAX_LEVELS,
                            help="levels per prompt including the full prompt; extra phrases are dropped "
                                 f"with a warning [default: {DEFAULT_MAX_LEVELS}]")
+        group.add_argument("--binding", choices=list(BINDINGS),
+                           help="a text-side binding method on the parse's attribute-object pairs, with any "
+                                "--mode and no extra UNet cost: magnet (Magnet's binding vectors) or tome "
+                                "(ToMe's token merging and end-token substitution) [default: none]")
     add_parser_options(group, with_tree=True)
 
 

@@ -18,7 +18,8 @@ EXAMPLE = """examples:
   sdrt parse "a dog on a surfboard next to a tree" --parser scene-graph --json   # with the graph
 
 Spans count BPE tokens of the preprocessed prompt from 0, start inclusive, end exclusive,
-without the start-of-text token (docs/SPEC.md section 2). With --parser scene-graph the
+without the start-of-text token (docs/SPEC.md section 2). Attribute-object pairs are what a
+--binding method acts on (section 2.8). With --parser scene-graph the
 output also shows the graph: entities with their modifiers, and relations between them."""
 
 
@@ -42,11 +43,14 @@ def _analysis(prompt: str, parser, tokenizer) -> tuple[dict, tuple[str, ...]]:
     from ..structure import analyse
     from ..text import tokenize_with_offsets
 
-    structured = analyse(prompt, parser, tokenizer)
+    structured = analyse(prompt, parser, tokenizer, pairs=True)
     analysis = {"prompt": structured.prompt,
                 "tokens": list(tokenize_with_offsets(tokenizer, structured.prompt).tokens),
                 "phrases": [{"text": span.text, "span": [span.start, span.end]} for span in structured.spans],
-                "dropped": list(structured.dropped)}
+                "dropped": list(structured.dropped),
+                "pairs": [{"object": {"text": pair.object.text, "span": [pair.object.start, pair.object.end]},
+                           "attributes": [{"text": part.text, "span": [part.start, part.end]}
+                                          for part in pair.attributes]} for pair in structured.pairs]}
     if callable(getattr(parser, "graph", None)):
         analysis["graph"] = parser.graph(structured.prompt).as_json()
     return analysis, structured.dropped
@@ -66,6 +70,9 @@ def _print_table(analysis: dict, dropped: tuple[str, ...], parser) -> None:
         print(f"relation: {subject} -[{relation['relation']}]-> {object_}")
     for level, phrase in enumerate(analysis["phrases"], start=1):
         print(f"level {level}: [{phrase['span'][0]:>2}, {phrase['span'][1]:>2})  {phrase['text']}")
+    for pair in analysis["pairs"]:
+        print(f"pair: {' '.join(part['text'] for part in pair['attributes'])} -> {pair['object']['text']}  "
+              "(what --binding acts on)")
     if dropped:
         print(f"dropped: {quoted_list(dropped, limit=len(dropped))} (they start after the tokens CLIP reads)")
     elif not analysis["phrases"]:

@@ -121,8 +121,12 @@ def run(args) -> None:
     try:
         state_name = f"sdrt-state-{args.port}"
         state = service_state(state_name)
-        serve.start(http_options={"host": args.host, "port": args.port},
-                    logging_config={"log_level": "WARNING", "enable_access_log": False})
+        try:
+            serve.start(http_options={"host": args.host, "port": args.port},
+                        logging_config={"log_level": "WARNING", "enable_access_log": False})
+        except (RuntimeError, ray.exceptions.GetTimeoutError) as error:  # a proxy that never came up
+            raise UserError(f"Ray Serve did not start its HTTP proxy: {type(error).__name__}: "
+                            f"{str(error).splitlines()[0] if str(error) else 'no reason given'}") from None
         scaling = ({"autoscaling_config": {"min_replicas": args.autoscale[0], "max_replicas": args.autoscale[1],
                                            "target_ongoing_requests": args.queue_limit // 2 or 1}}
                    if args.autoscale else {"num_replicas": args.replicas})

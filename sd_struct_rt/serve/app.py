@@ -45,6 +45,7 @@ FIELDS: dict[str, tuple[str, tuple[type, ...]]] = {
     "height": ("height", (int,)),
     "mode": ("mode", (str,)),
     "parser": ("parser", (str,)),
+    "binding": ("binding", (str,)),
     "phrases": ("phrases", (list,)),
     "scheduler": ("scheduler", (str,)),
 }
@@ -189,8 +190,10 @@ class Generator:
             return {"status": 429, "error": str(error)}
         except Draining as error:
             return {"status": 503, "error": str(error)}
-        except UserError as error:
+        except InputError as error:
             return {"status": 400, **error_body(error)}
+        except UserError as error:  # not the request's fault: this service lacks what it asks for
+            return {"status": 503, "error": str(error)}
         try:
             output = await asyncio.wrap_future(future)
         except asyncio.CancelledError:
