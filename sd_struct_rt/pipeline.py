@@ -324,6 +324,7 @@ class StructuredDiffusionPipeline:
             try:
                 if isinstance(text, StructuredPrompt):
                     inputs.nonempty(text.prompt, name)
+                    self._check_pairs(text, name)
                 else:
                     prompts[index] = inputs.prompt(text, name)
             except InputError as error:  # said as the caller says it ("prompt 2"); the field is the prompt
@@ -354,6 +355,15 @@ class StructuredDiffusionPipeline:
         elif attention_downsampling is not None:
             raise InputError("goes with attention_maps=True", parameter="attention_downsampling")
         return request
+
+    def _check_pairs(self, prompt: StructuredPrompt, name: str) -> None:
+        """A caller's own pairs must be token spans the text encoder reads."""
+        readable = self.facts.tokens - 2
+        for pair in prompt.pairs:
+            for part in (pair.object, *pair.attributes):
+                if not 0 <= part.start < part.end <= readable:
+                    raise InputError(f"{name}: pair part {part.text!r} spans tokens [{part.start}, {part.end}); a "
+                                     f"part must lie within [0, {readable})", parameter="prompt", leads=False)
 
     def check_engine_profile(self, request: Request) -> None:
         """Refuse a batch or size the engine set was not built for, with the rebuild that fits it."""
@@ -456,7 +466,16 @@ class StructuredDiffusionPipeline:
         return StructuredPrompt(structured.prompt, (), (), structured.pairs)  # plain: the binding's pairs only
 
     def encode_texts(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        return self.family.encode_texts(self.networks.text_encoder, self.tokenizers, texts, self.facts)
+        """All ``texts`` encoded, in as many calls as the text encoder's engine profile needs (a binding
+        method's extra texts can outnumber what a set was built to encode at once)."""
+        accepted = getattr(self.networks.text_encoder, "accepted", None)
+        most = min(shape.max[0] for shape in accepted.values()) if accepted else len(texts)
+        parts = [self.family.encode_texts(self.networks.text_encoder, self.tokenizers, texts[start:start + most],
+                                          self.facts) for start in range(0, len(texts), max(most, 1))]
+        if len(parts) == 1:
+            return parts[0]
+        return (torch.cat([states for states, _ in parts]),
+                None if parts[0][1] is None else torch.cat([pooled for _, pooled in parts]))
 
     def condition(self, structured: list[StructuredPrompt], request: Request) -> Conditioning:
         if MODES[request.mode].uses_structure:

@@ -306,3 +306,10 @@ def test_a_bad_engine_set_or_a_busy_port_is_one_line_before_ray_starts(tiny_engi
                    "--autoscale MIN:MAX needs 1 <= MIN <= MAX, not 4:1")
     one_error_line(*run_sdrt(capsys, "serve", "--engine", str(tiny_engines), "--max-batch-rows", "1"),
                    "--max-batch-rows must be at least 2")
+    with socket.socket() as closed:  # a port nothing listens on: refused at once
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    one_error_line(*run_sdrt(capsys, "serve", "--engine", str(tiny_engines), "--ray-address", f"127.0.0.1:{port}"),
+                   f"--ray-address 127.0.0.1:{port}: ", "is the Ray head running there")
+    one_error_line(*run_sdrt(capsys, "serve", "--engine", str(tiny_engines), "--ray-address", "head"),
+                   "--ray-address takes HOST:PORT")

@@ -4,7 +4,7 @@ A method changes what the UNet reads, never the UNet: no extra rows, no gradient
 engine runs it as it is. It acts on every sequence that stands for the full prompt (``e0``, each
 aligned level ``a_i`` and the merged ``m``; in ``composable`` mode the full-prompt component),
 never on the unconditional row, a phrase encoded alone or SDXL's pooled embedding. What it needs
-encoded besides the prompt (``texts``) joins the batch's one text-encoder call.
+encoded besides the prompt (``texts``) joins the batch's text-encoder call.
 """
 
 from __future__ import annotations

@@ -40,10 +40,12 @@ class TokenMerging:
         if not bound:
             return states.clone()
         out = states.clone()
-        for pair in bound:
+        # Nested pairs ("a red brick house": red -> brick, brick -> house) merge inner first, and the
+        # outer sum reads the inner composite, so no attribute is zeroed away unmerged.
+        for pair in sorted(bound, key=lambda pair: pair.object.end):
             objects = list(range(pair.object.start + 1, pair.object.end + 1))  # BOS sits at 0
             attributes = [i for part in pair.attributes for i in range(part.start + 1, part.end + 1)]
-            composite = OBJECT_WEIGHT * states[objects].sum(0) + ATTRIBUTE_WEIGHT * states[attributes].sum(0)
+            composite = OBJECT_WEIGHT * out[objects].sum(0) + ATTRIBUTE_WEIGHT * out[attributes].sum(0)
             out[objects + attributes] = 0
             out[objects[0]] = composite
         end = encoded.end_position(prompt.prompt)

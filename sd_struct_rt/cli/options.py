@@ -112,8 +112,8 @@ def modes_list(text: str, flag: str = "--modes") -> list[str]:
     from ..modes import MODES, setting_parts
 
     modes = [mode.strip() for mode in text.split(",") if mode.strip()]
-    unknown = [mode for mode in modes
-               if setting_parts(mode)[0] not in MODES or setting_parts(mode)[1] not in (None, *BINDINGS)]
+    unknown = [mode for mode in modes if setting_parts(mode)[0] not in MODES or mode.endswith("+")
+               or setting_parts(mode)[1] not in (None, *BINDINGS)]
     if not modes or unknown:
         raise UserError(f"{flag} takes {', '.join(MODES)}, each optionally +{' or +'.join(BINDINGS)} (a binding "
                         f"method), comma-separated, not {text!r}")

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import socket
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -82,6 +86,45 @@ def _check_port(host: str, port: int) -> None:
                 from None
 
 
+RAY_ADDRESS_WAIT_SECONDS = 10
+RAY_HEAD_HINT = ("is the Ray head running there (ray start --head), and is the port its GCS (6379) or client "
+                 "(10001) port?")
+
+
+def _check_ray_address(address: str | None) -> None:
+    """A cluster address that answers, checked before ``ray.init``, which would wait on an unreachable
+    one for minutes and ignore SIGTERM meanwhile. ``auto`` and ``local`` are Ray's own lookups."""
+    if address in (None, "auto", "local"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UserError(f"--ray-address takes HOST:PORT (or ray://HOST:PORT, or auto), not {address!r}")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=RAY_ADDRESS_WAIT_SECONDS).close()
+    except OSError as error:
+        reason = f"nothing answered within {RAY_ADDRESS_WAIT_SECONDS} s" if isinstance(error, TimeoutError) \
+            else (error.strerror or type(error).__name__).lower()
+        raise UserError(f"--ray-address {address}: {reason}; {RAY_HEAD_HINT}") from None
+
+
+@contextlib.contextmanager
+def _core_logs_held(holding: bool):
+    """Ray's core writes a warning line to stderr every second while it tries a cluster address; hold
+    them back while joining, so a failure is our one line. Joining starts no daemon of ours."""
+    if not holding:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 def _checked_source(args) -> dict:
     """What the replicas load, checked here so that a bad set is one line, not a crash loop."""
     if args.engine is not None:
@@ -111,11 +154,17 @@ def run(args) -> None:
     _check_scaling(args)
     source = _checked_source(args)
     _check_port(args.host, args.port)
+    _check_ray_address(args.ray_address)
     ray, serve = _require_serving_libraries()
     from ..serve.app import STATE_NAMESPACE, build_app, service_state
 
-    ray.init(address=args.ray_address, namespace=STATE_NAMESPACE, include_dashboard=False,
-             logging_level=logging.ERROR, log_to_driver=False)
+    try:
+        with _core_logs_held(args.ray_address is not None):
+            ray.init(address=args.ray_address, namespace=STATE_NAMESPACE, include_dashboard=False,
+                     logging_level=logging.ERROR, log_to_driver=False)
+    except (ConnectionError, TimeoutError, RuntimeError) as error:  # it answered, but is no Ray head we can join
+        raise UserError(f"--ray-address {args.ray_address}: Ray could not join a cluster there "
+                        f"({type(error).__name__}); {RAY_HEAD_HINT}") from None
     options.install_signal_handlers()  # Ray's core took SIGTERM over; a service drains on it
     logging.getLogger("ray.serve").setLevel(logging.WARNING)  # our status lines say what matters
     try:
