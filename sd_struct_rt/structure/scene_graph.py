@@ -15,6 +15,7 @@ import threading
 from dataclasses import dataclass
 
 from ..errors import UserError
+from .memo import LastParse
 from .pairs import dependency_pairs
 from .spans import AttributePair, Phrase
 
@@ -101,7 +102,7 @@ class SceneGraphParser:
 
     def __init__(self, model: str):
         self.model = model
-        self._last: tuple[str, SceneGraph] | None = None  # `sdrt parse` asks for levels, then the graph
+        self.graph = LastParse(self._parsed_graph)  # `sdrt parse` asks for levels, then the graph
 
     def _load(self):
         with self._loading:
@@ -125,11 +126,8 @@ class SceneGraphParser:
             parser.unwrapped.nlp.disable_pipe("ner")  # entities come from noun chunks, not named entities
         return parser
 
-    def graph(self, prompt: str) -> SceneGraph:
+    def _parsed_graph(self, prompt: str) -> SceneGraph:
         """The scene graph of the preprocessed ``prompt``, every entity as characters of it."""
-        last = self._last
-        if last is not None and last[0] == prompt:
-            return last[1]
         graph, document = self._load().parse(prompt, return_doc=True)
         entities, heads = [], []
         for entity in graph["entities"]:
@@ -140,9 +138,7 @@ class SceneGraphParser:
                                    tuple((modifier["dep"], modifier["span"]) for modifier in entity["modifiers"])))
         relations = tuple(Relation(relation["subject"], relation["object"], relation["relation"])
                           for relation in graph["relations"])
-        scene_graph = SceneGraph(prompt, tuple(entities), relations, tuple(dependency_pairs(heads)))
-        self._last = (prompt, scene_graph)
-        return scene_graph
+        return SceneGraph(prompt, tuple(entities), relations, tuple(dependency_pairs(heads)))
 
     def phrases(self, prompt: str) -> list[Phrase]:
         return self.graph(prompt).levels()
