@@ -100,9 +100,9 @@ def build_conditioning(encoder: TextEncoder, prompts: list[StructuredPrompt], ne
     # encoder_hidden_states is the key context in values mode and the value context in keys mode.
     contexts, level_rows = list(unconditional), [[u] for u in unconditional]
     for e0, row, phrases, prompt in zip(full, spans, phrase_embeddings, prompts):
-        contexts.append(bound(merged(e0, phrases, row) if chosen.role is KEYS else e0, prompt))
-        level_rows.append([bound(e0, prompt)] + [bound(aligned(e0, n, span), prompt)
-                                                 for n, span in zip(phrases, row)])
+        first = bound(e0, prompt)
+        contexts.append(bound(merged(e0, phrases, row), prompt) if chosen.role is KEYS else first)
+        level_rows.append([first] + [bound(aligned(e0, n, span), prompt) for n, span in zip(phrases, row)])
     levels = max(len(row) for row in level_rows)
     # Stay on the text encoder's device: the UNet reads these at every step.
     stacked = embeddings.new_zeros(len(level_rows), levels, *embeddings.shape[1:])
